@@ -1,1 +1,16 @@
-"""rnlib.train."""
+"""rnlib.train: train state and jit steps, schedules, data, sharding, checkpoints, and `fit` (the CLI's loop)."""
+from rnlib.train.checkpoint import Checkpointer
+from rnlib.train.data import Augment, BatchLoader, Dataset, augment_batch, load_cifar10, load_dataset, load_digits
+from rnlib.train.loop import NonFiniteLossError, TrainConfig, TrainResult, evaluate, fit
+from rnlib.train.schedules import make_optimizer, make_schedule, paper_schedule
+from rnlib.train.sharding import DataParallel
+from rnlib.train.state import (TrainState, create_train_state, eval_step_fn, make_eval_step, make_train_step,
+                               params_sha256, train_step_fn)
+
+__all__ = [
+    "Checkpointer", "Augment", "BatchLoader", "Dataset", "augment_batch", "load_cifar10", "load_dataset", "load_digits",
+    "NonFiniteLossError", "TrainConfig", "TrainResult", "evaluate", "fit",
+    "make_optimizer", "make_schedule", "paper_schedule", "DataParallel",
+    "TrainState", "create_train_state", "eval_step_fn", "make_eval_step", "make_train_step", "params_sha256",
+    "train_step_fn",
+]

@@ -1,0 +1,182 @@
+"""Train state as a pure pytree and the jit-compiled train / eval steps.
+
+An NNX model is split once into a static `GraphDef` and two pure dicts of arrays: `params` (nnx.Param) and
+`model_state` (everything else, e.g. BatchNorm running statistics). The steps merge them back inside the jitted
+function, so the compiled computation is the same as a hand-written `jax.jit` over the model.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rnlib.train.data import Augment, augment_batch
+
+PRECISIONS = ("f32", "bf16")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step (int32), params / model_state (pure dicts), opt_state (optax), rng (uint32[2] raw key data),
+    bad_step (int32: first step whose loss was non-finite, -1 while all were finite).
+
+    `graphdef` (train mode), `eval_graphdef` (eval mode) and `tx` are static: part of the tree structure.
+    """
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    rng: jax.Array
+    bad_step: jax.Array
+    graphdef: Any = flax.struct.field(pytree_node=False)
+    eval_graphdef: Any = flax.struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+    def model(self, train: bool = False) -> nnx.Module:
+        """The NNX module with these arrays (eval mode unless `train`)."""
+        return nnx.merge(self.graphdef if train else self.eval_graphdef, self.params, self.model_state)
+
+    def arrays(self) -> dict[str, Any]:
+        """The array part (what a checkpoint holds)."""
+        return {"step": self.step, "params": self.params, "model_state": self.model_state,
+                "opt_state": self.opt_state, "rng": self.rng, "bad_step": self.bad_step}
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Split `model` (its mode is restored afterwards) and initialise `tx` on its parameters."""
+    model.eval()
+    eval_graphdef = nnx.graphdef(model)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    return TrainState(
+        step=jnp.asarray(0, jnp.int32), params=params, model_state=rest, opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)), bad_step=jnp.asarray(-1, jnp.int32),
+        graphdef=graphdef, eval_graphdef=eval_graphdef, tx=tx)
+
+
+def _cast_floats(tree: Any, dtype) -> Any:
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _forward(graphdef, params, model_state, image, precision: str):
+    """logits (float32) and the model state after the call (BatchNorm statistics updated in train mode).
+
+    bf16: parameters and input are cast to bfloat16 for the computation (master params stay float32, the
+    cast's VJP returns float32 gradients); model_state (running statistics) stays float32.
+    """
+    if precision == "bf16":
+        params, image = _cast_floats(params, jnp.bfloat16), image.astype(jnp.bfloat16)
+    elif precision != "f32":
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    model = nnx.merge(graphdef, params, model_state)
+    logits = model(image).astype(jnp.float32)
+    _, _, new_state = nnx.split(model, nnx.Param, ...)
+    new_state = nnx.to_pure_dict(new_state)
+    # Keep the state dtypes fixed from step to step (a bf16 computation must not downcast running stats).
+    new_state = jax.tree.map(
+        lambda n, o: n.astype(o.dtype) if jnp.issubdtype(o.dtype, jnp.floating) else n, new_state, model_state)
+    return logits, new_state
+
+
+def train_step_fn(precision: str = "f32", augment: Augment | None = None) -> Callable:
+    """The pure (un-jitted) step: (state, batch) -> (state, metrics).
+
+    batch: {"image": float32 (B, H, W, C), "label": int32 (B,)}. Loss = mean softmax cross-entropy (float32).
+    Augmentation, when given, uses the key fold_in(state.rng, state.step), so it is a function of the step alone.
+    metrics: {"loss", "error"} float32 scalars (batch mean).
+    """
+
+    def step(state: TrainState, batch: dict[str, jax.Array]):
+        image, label = batch["image"], batch["label"]
+        if augment is not None:
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+            image = augment_batch(key, image, augment)
+
+        def loss_fn(params):
+            logits, new_state = _forward(state.graphdef, params, state.model_state, image, precision)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+            return loss, (logits, new_state)
+
+        (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        bad = jnp.where((state.bad_step < 0) & ~jnp.isfinite(loss), state.step + 1, state.bad_step)
+        error = jnp.mean((jnp.argmax(logits, -1) != label).astype(jnp.float32))
+        new = state.replace(step=state.step + 1, params=params, model_state=new_state, opt_state=opt_state,
+                            bad_step=bad)
+        return new, {"loss": loss, "error": error}
+
+    return step
+
+
+def _state_shardings(state: TrainState, sharding) -> Any:
+    return jax.tree.map(lambda _: sharding, state)
+
+
+def make_train_step(
+    precision: str = "f32",
+    augment: Augment | None = None,
+    *,
+    parallel: Any = None,
+    state: TrainState | None = None,
+    donate: bool = True,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """jax.jit-compiled `train_step_fn(precision, augment)` with the state donated.
+
+    `parallel` (a `rnlib.train.sharding.DataParallel`, with `state` as a template) pins the shardings:
+    state replicated, batch split over the mesh's data axis, metrics replicated. Without it, jit follows the
+    inputs' shardings. `bad_step` counts steps 1-based: the step whose update produced the non-finite loss.
+    """
+    fn = train_step_fn(precision, augment)
+    kw: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
+    if parallel is not None:
+        if state is None:
+            raise ValueError("make_train_step(parallel=...) needs the `state` template for its shardings")
+        kw["in_shardings"] = (_state_shardings(state, parallel.replicated), parallel.batch_sharding)
+        kw["out_shardings"] = (_state_shardings(state, parallel.replicated), parallel.replicated)
+    return jax.jit(fn, **kw)
+
+
+def eval_step_fn(precision: str = "f32") -> Callable:
+    """(state, batch) -> {"correct", "loss_sum", "count"} over the examples with batch["mask"] == 1 (eval mode)."""
+
+    def step(state: TrainState, batch: dict[str, jax.Array]):
+        logits, _ = _forward(state.eval_graphdef, state.params, state.model_state, batch["image"], precision)
+        mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32)).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {"correct": jnp.sum(correct * mask), "loss_sum": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+
+    return step
+
+
+def make_eval_step(precision: str = "f32", *, parallel: Any = None, state: TrainState | None = None) -> Callable:
+    """jax.jit-compiled `eval_step_fn` (no donation: the state is reused)."""
+    kw: dict[str, Any] = {}
+    if parallel is not None:
+        if state is None:
+            raise ValueError("make_eval_step(parallel=...) needs the `state` template for its shardings")
+        kw["in_shardings"] = (_state_shardings(state, parallel.replicated), parallel.batch_sharding)
+        kw["out_shardings"] = parallel.replicated
+    return jax.jit(eval_step_fn(precision), **kw)
+
+
+def params_sha256(params: Any) -> str:
+    """SHA-256 over the parameters' raw bytes, leaves in sorted key-path order (a reproducibility fingerprint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.asarray(jax.device_get(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
