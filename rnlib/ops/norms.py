@@ -1,0 +1,172 @@
+"""Public norm functions: layer norm, RMS norm, fused residual-add + norm, and the stats-reinjecting LN.
+
+Every function follows the numerics contract of DESIGN.md: float32 statistics (float64 for float64 input),
+two-pass variance clamped at 0, ``rsqrt(var + epsilon)``, parameters broadcast like Flax
+(``reduction_axes``/``feature_axes``), output in ``dtype`` if given else the input dtype, cast once at the end,
+and a hand-written backward (``jax.custom_vjp``) that saves float32 ``mean``/``rstd``.
+Reverse-over-reverse differentiation (e.g. gradient penalties) works on the XLA path; forward-mode
+(``jax.jvp``/``jacfwd``) does not, as for any ``custom_vjp``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rnlib.ops import checks, dispatch, norm_xla
+from rnlib.ops.axes import Axes, make_layout
+from rnlib.ops.norm_core import NormConfig, norm2d
+
+Array = jax.Array
+NORMS = ("layer", "rms")
+
+
+def _normalize(x, residual, scale, bias, stats_scale, *, rms: bool, reduction_axes: Axes, feature_axes: Axes,
+               epsilon: float, dtype: Any, residual_dtype: Any, impl: str, platform: Optional[str]):
+    """Shared body of every public norm: validate, go to 2-D, run :func:`norm2d`, come back. Returns (y, h)."""
+    x = checks.as_float_array(x, "x")
+    eps = checks.check_epsilon(epsilon)
+    lay = make_layout(x.shape, reduction_axes, feature_axes)
+    scale = checks.check_param(scale, "scale", lay.param_shape, x.shape, lay.feature)
+    bias = checks.check_param(bias, "bias", lay.param_shape, x.shape, lay.feature)
+    if stats_scale is not None:
+        stats_scale = checks.check_param(stats_scale, "stats_scale", (2,) + lay.param_shape, x.shape,
+                                         lay.feature)
+    out_dtype = checks.check_dtype(dtype, "dtype") or x.dtype
+    if residual is not None:
+        residual = checks.check_residual(residual, x.shape)
+        residual_dtype = (checks.check_dtype(residual_dtype, "residual_dtype")
+                          or jnp.promote_types(x.dtype, residual.dtype))
+    elif residual_dtype is not None:
+        raise ValueError("residual_dtype is only meaningful together with a residual")
+    checks.check_choice(impl, "impl", dispatch.IMPLS)
+    plat = dispatch.resolve_platform(platform)
+    if stats_scale is not None and impl == "pallas":
+        raise ValueError("layer_norm_with_stats has no Pallas kernel; use impl='auto' or 'xla'")
+    backend = (norm_xla if stats_scale is not None else
+               dispatch.choose_backend(impl, plat, lay.rows, lay.width, x.dtype, lay.features_in_rows))
+
+    in_core = not lay.features_in_rows       # parameters fold into (W,) vectors the backend applies
+    plain = in_core and stats_scale is None  # the backend's output is already the answer
+    cdt = norm_xla.compute_dtype(x.dtype, None if residual is None else residual.dtype)
+    cfg = NormConfig(
+        epsilon=eps, rms=rms, out_dtype=out_dtype if plain else cdt, x_dtype=x.dtype,
+        residual_dtype=None if residual is None else jnp.dtype(residual_dtype),
+        residual_in_dtype=None if residual is None else residual.dtype,
+        use_pallas=backend is not norm_xla, platform=plat, with_stats=stats_scale is not None)
+    to_w = lay.param_to_width
+    out = norm2d(cfg, lay.to_2d(x), None if residual is None else lay.to_2d(residual),
+                 None if scale is None or not in_core else to_w(scale),
+                 None if bias is None or not in_core else to_w(bias))
+    y2, h2 = out[0], out[1]
+    if stats_scale is not None:
+        mean, rstd = out[2], out[3]
+        row_terms = (mean, -jnp.log(rstd))   # per-example mean and log(sigma), sigma = sqrt(var + eps)
+        if in_core:
+            for k in range(2):
+                y2 = y2 + to_w(stats_scale[k]).astype(cdt)[None, :] * row_terms[k][:, None]
+        else:
+            y = lay.from_2d(y2)
+            for k in range(2):
+                term = lay.from_2d(jnp.broadcast_to(row_terms[k][:, None], y2.shape))
+                y = y + lay.param_to_full(stats_scale[k]).astype(cdt) * term
+            y2 = lay.to_2d(y)
+    y = lay.from_2d(y2)
+    if not in_core:
+        if scale is not None:
+            y = y * lay.param_to_full(scale).astype(cdt)
+        if bias is not None:
+            y = y + lay.param_to_full(bias).astype(cdt)
+    if not plain:
+        y = y.astype(out_dtype)
+    return y, None if h2 is None else lay.from_2d(h2)
+
+
+def layer_norm(x: Array, scale: Optional[Array] = None, bias: Optional[Array] = None, *,
+               reduction_axes: Axes = -1, feature_axes: Axes = -1, epsilon: float = 1e-6,
+               dtype: Any = None, impl: str = "auto", platform: Optional[str] = None) -> Array:
+    """Layer normalization (Ba et al. 2016).
+
+    ``y = (x - mean) / sqrt(var + epsilon) * scale + bias`` with ``mean``/``var`` over ``reduction_axes``.
+
+    Args:
+      x: input of any shape ``(..., D)``; float16/bfloat16/float32/float64.
+      scale, bias: optional parameters with the shape of x's ``feature_axes`` (``(D,)`` by default).
+      reduction_axes: axes normalised over (Flax convention). feature_axes: axes that carry parameters.
+      epsilon: static float > 0. dtype: output dtype (default: ``x.dtype``).
+      impl: "auto" (Pallas on GPU/TPU when supported, else XLA), "xla", or "pallas" (interpret mode on CPU).
+      platform: None (default backend) or "cpu"/"gpu"/"tpu": the lowering to trace for.
+
+    Returns:
+      ``y`` with ``x``'s shape.
+    """
+    return _normalize(x, None, scale, bias, None, rms=False, reduction_axes=reduction_axes,
+                      feature_axes=feature_axes, epsilon=epsilon, dtype=dtype, residual_dtype=None,
+                      impl=impl, platform=platform)[0]
+
+
+def rms_norm(x: Array, scale: Optional[Array] = None, *, reduction_axes: Axes = -1, feature_axes: Axes = -1,
+             epsilon: float = 1e-6, dtype: Any = None, impl: str = "auto",
+             platform: Optional[str] = None) -> Array:
+    """RMS normalization: ``y = x / sqrt(mean(x^2) + epsilon) * scale`` over ``reduction_axes``.
+
+    Arguments as :func:`layer_norm` (no bias, no mean subtraction). Returns ``y`` with ``x``'s shape.
+    """
+    return _normalize(x, None, scale, None, None, rms=True, reduction_axes=reduction_axes,
+                      feature_axes=feature_axes, epsilon=epsilon, dtype=dtype, residual_dtype=None,
+                      impl=impl, platform=platform)[0]
+
+
+def add_norm(x: Array, residual: Array, scale: Optional[Array] = None, bias: Optional[Array] = None, *,
+             norm: str = "layer", residual_dtype: Any = None, reduction_axes: Axes = -1,
+             feature_axes: Axes = -1, epsilon: float = 1e-6, dtype: Any = None, impl: str = "auto",
+             platform: Optional[str] = None) -> tuple[Array, Array]:
+    """Fused residual add + norm, the pre-norm residual-stream step.
+
+    ``new_residual = (x + residual)`` stored in ``residual_dtype`` (default: the promoted dtype of x and
+    residual, e.g. keep a float32 stream under bfloat16 activations), ``y = norm(new_residual)``.
+    One function so a kernel reads ``x`` and ``residual`` once and writes ``y`` and ``new_residual`` once.
+
+    Args:
+      x, residual: same shape ``(..., D)``. norm: "layer" or "rms" (``bias`` must be None for "rms").
+      Other arguments as :func:`layer_norm`.
+
+    Returns:
+      ``(y, new_residual)``, both with ``x``'s shape; ``y`` in ``dtype`` (default ``x.dtype``).
+    """
+    checks.check_choice(norm, "norm", NORMS)
+    if norm == "rms" and bias is not None:
+        raise ValueError("add_norm(norm='rms') takes no bias")
+    if residual is None:
+        raise ValueError("add_norm needs a residual array; use layer_norm/rms_norm without one")
+    return _normalize(x, residual, scale, bias, None, rms=norm == "rms", reduction_axes=reduction_axes,
+                      feature_axes=feature_axes, epsilon=epsilon, dtype=dtype, residual_dtype=residual_dtype,
+                      impl=impl, platform=platform)
+
+
+def layer_norm_with_stats(x: Array, scale: Optional[Array], bias: Optional[Array], stats_scale: Array, *,
+                          reduction_axes: Axes = -1, feature_axes: Axes = -1, epsilon: float = 1e-6,
+                          dtype: Any = None, impl: str = "auto", platform: Optional[str] = None) -> Array:
+    """Layer norm that re-injects each example's statistics.
+
+    ``y = scale * x_hat + bias + stats_scale[0] * mean + stats_scale[1] * log(sigma)``, with
+    ``sigma = sqrt(var + epsilon)`` per example (per normalised row).
+
+    Why: LN makes each example's activations mean 0 / std 1, so it throws away the example's mean and spread.
+    Some tasks carry their signal exactly there -- a running count lives in a layer's mean, edge density in
+    its variance. With ``stats_scale`` initialised to zeros (as the modules do) this starts as plain LN and
+    learns, per feature, how much of the two statistics to put back.
+
+    Args:
+      x: ``(..., D)``. scale, bias: feature-shaped or None. stats_scale: ``(2, *feature_shape)``.
+      Other arguments as :func:`layer_norm`.
+
+    Returns:
+      ``y`` with ``x``'s shape.
+    """
+    if stats_scale is None:
+        raise ValueError("layer_norm_with_stats needs stats_scale of shape (2, *feature_shape)")
+    return _normalize(x, None, scale, bias, stats_scale, rms=False, reduction_axes=reduction_axes,
+                      feature_axes=feature_axes, epsilon=epsilon, dtype=dtype, residual_dtype=None,
+                      impl=impl, platform=platform)[0]
