@@ -1,4 +1,95 @@
-"""Pallas kernels for rnlib, installed as ``rnlib.kernels``.
+"""Pallas norm kernels for rnlib, installed as ``rnlib.kernels``.
 
-Imports jax only (never Flax, never rnlib.ops): rnlib.ops dispatches to these.
+Imports jax only (never Flax, never rnlib.ops): rnlib.ops owns the custom_vjp, validation and dispatch and calls
+the three functions below on the canonical 2-D form ``(rows, width)`` (normalised over the last axis).
+
+``platform`` is one of ``"gpu"`` (Triton backend; ``"cuda"``/``"rocm"`` accepted), ``"tpu"`` (Mosaic),
+``"cpu"`` (the GPU kernels in Pallas interpret mode) or ``"tpu_interpret"`` (the TPU kernels under
+``pltpu.InterpretParams()``, for tests on CPU). See :mod:`rnlib.kernels.backend`.
 """
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import backend, heuristics
+from .backend import PLATFORMS, canonical_platform
+from .heuristics import Plan, make_plan
+from .norm_bwd import norm_bwd_impl
+from .norm_fwd import norm_fwd_impl
+
+__all__ = ["norm_fwd", "norm_bwd", "supports", "plan_for", "PLATFORMS", "Plan"]
+
+_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
+_MAX_ROWS = 2**31 - 1  # row indices are int32 inside the kernels (element offsets are not: see backend.Tile)
+
+
+def supports(rows: int, width: int, dtype, platform: str) -> bool:
+    """Whether the kernels handle a (rows, width) ``dtype`` problem on ``platform`` (any width >= 1)."""
+    try:
+        canonical_platform(platform)
+    except ValueError:
+        return False
+    return (np.dtype(dtype) in _DTYPES and 1 <= int(rows) <= _MAX_ROWS and 1 <= int(width) <= _MAX_ROWS)
+
+
+def plan_for(rows: int, width: int, dtype, platform: str) -> Plan:
+    """The tiling the kernels use for this problem (from the tables in :mod:`rnlib.kernels.heuristics`)."""
+    return make_plan(rows, width, dtype, backend.flavor(platform))
+
+
+def _check(name: str, a, shape) -> None:
+    if a is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
+def norm_fwd(x: jax.Array, residual: jax.Array | None, scale: jax.Array | None, bias: jax.Array | None, *,
+             epsilon: float, rms: bool, out_dtype, residual_dtype, platform: str):
+    """Layer/RMS norm forward, optionally fused with the residual add.
+
+    Args: x (R, W) f32/bf16/f16; residual (R, W) or None; scale, bias (W,) (float32) or None.
+    Returns (y, h, mean, rstd): y (R, W) out_dtype; h = round_{residual_dtype}(x + residual) (R, W) or None when
+    residual is None; mean (R,) float32 (zeros for RMS); rstd (R,) float32 = rsqrt(var + epsilon).
+    Statistics are over h as stored (rounded) when residual is given, else over x.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (rows, width), got shape {tuple(x.shape)}")
+    rows, width = x.shape
+    _check("residual", residual, (rows, width))
+    _check("scale", scale, (width,))
+    _check("bias", bias, (width,))
+    if not supports(rows, width, x.dtype, platform):
+        raise ValueError(f"unsupported norm problem: x {x.shape} {x.dtype} on platform {platform!r}")
+    if residual is not None and residual_dtype is None:
+        residual_dtype = residual.dtype
+    plan = plan_for(rows, width, x.dtype, platform)
+    return norm_fwd_impl(x, residual, scale, bias, epsilon=float(epsilon), rms=bool(rms),
+                         out_dtype=jnp.dtype(out_dtype if out_dtype is not None else x.dtype),
+                         residual_dtype=residual_dtype, platform=platform, plan=plan)
+
+
+def norm_bwd(dy: jax.Array, h: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array | None,
+             dh_extra: jax.Array | None, *, rms: bool, has_bias: bool, dx_dtype, platform: str):
+    """Backward of :func:`norm_fwd` given its saved (h, mean, rstd).
+
+    Args: dy (R, W); h (R, W) (x, or the new residual); mean, rstd (R,) float32; scale (W,) or None;
+    dh_extra (R, W) or None: cotangent of the new residual, added into dx.
+    Returns (dx (R, W) dx_dtype, dscale (W,) f32 or None if scale is None, dbias (W,) f32 or None if not has_bias).
+    """
+    if h.ndim != 2:
+        raise ValueError(f"h must be 2-D (rows, width), got shape {tuple(h.shape)}")
+    rows, width = h.shape
+    _check("dy", dy, (rows, width))
+    _check("dh_extra", dh_extra, (rows, width))
+    _check("mean", mean, (rows,))
+    _check("rstd", rstd, (rows,))
+    _check("scale", scale, (width,))
+    if not supports(rows, width, h.dtype, platform):
+        raise ValueError(f"unsupported norm problem: h {h.shape} {h.dtype} on platform {platform!r}")
+    plan = plan_for(rows, width, h.dtype, platform)
+    if mean is None:
+        mean = jnp.zeros((rows,), jnp.float32)
+    return norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, rms=bool(rms), has_bias=bool(has_bias),
+                         dx_dtype=jnp.dtype(dx_dtype if dx_dtype is not None else h.dtype), platform=platform,
+                         plan=plan)

@@ -1,0 +1,147 @@
+"""Platform selection and the masked tile I/O shared by every norm kernel.
+
+Platforms (the ``platform`` argument of :func:`rnlib.kernels.norm_fwd` and friends):
+
+* ``"gpu"`` (aliases ``"cuda"``, ``"rocm"``): Pallas' Triton backend, selected explicitly through the Triton
+  compiler params (jax >= 0.10 lowers a plain ``pallas_call`` on GPU with Mosaic GPU).
+* ``"tpu"``: Mosaic TPU.
+* ``"cpu"``: the GPU kernels (power-of-two blocks, masked loads/stores) in Pallas interpret mode
+  (``interpret=True``); the interpreter pads out-of-bounds block elements with NaN, so missing masks show up.
+* ``"tpu_interpret"``: the TPU kernels under TPU interpret semantics (``pltpu.InterpretParams()``), on CPU.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+try:  # jax >= 0.4.36 spelling; older releases called it TritonCompilerParams
+    from jax.experimental.pallas import triton as _pl_triton
+except ImportError:  # pragma: no cover - Triton support missing from this jax build
+    _pl_triton = None
+try:
+    from jax.experimental.pallas import tpu as _pl_tpu
+except ImportError:  # pragma: no cover
+    _pl_tpu = None
+
+_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+PLATFORMS = ("cpu", "gpu", "tpu", "tpu_interpret")
+SQUEEZED = getattr(pl, "squeezed", None)  # block dim dropped from the kernel's view (None on old jax)
+
+
+def canonical_platform(platform: str) -> str:
+    p = _ALIASES.get(str(platform).lower(), str(platform).lower())
+    if p not in PLATFORMS:
+        raise ValueError(f"platform must be one of {PLATFORMS} (or cuda/rocm), got {platform!r}")
+    return p
+
+
+def flavor(platform: str) -> str:
+    """Kernel flavour: "gpu" (masked power-of-two tiles) or "tpu" ((8, 128) tiles, clipped edge blocks)."""
+    return "tpu" if canonical_platform(platform) in ("tpu", "tpu_interpret") else "gpu"
+
+
+def _triton_params(num_warps: int | None) -> Any:
+    cls = getattr(_pl_triton, "CompilerParams", None) or getattr(pl, "TritonCompilerParams", None)
+    if cls is None:  # pragma: no cover
+        raise RuntimeError("this jax has no Pallas Triton backend (jax.experimental.pallas.triton.CompilerParams)")
+    return cls(num_warps=num_warps, num_stages=1)
+
+
+def _tpu_params(n_grid_dims: int) -> Any:
+    cls = getattr(_pl_tpu, "CompilerParams", None) or getattr(_pl_tpu, "TPUCompilerParams", None)
+    if cls is None:  # pragma: no cover
+        raise RuntimeError("this jax has no Pallas TPU backend")
+    return cls(dimension_semantics=("parallel",) * n_grid_dims)
+
+
+def _tpu_interpret() -> Any:
+    cls = getattr(_pl_tpu, "InterpretParams", None)
+    if cls is None:  # pragma: no cover - very old jax: plain interpret mode
+        return True
+    return cls()
+
+
+def call_kwargs(platform: str, num_warps: int | None, n_grid_dims: int) -> dict:
+    """Keyword arguments (interpret / compiler_params) for ``pl.pallas_call`` on ``platform``."""
+    p = canonical_platform(platform)
+    if p == "gpu":
+        return dict(compiler_params=_triton_params(num_warps))
+    if p == "tpu":
+        return dict(compiler_params=_tpu_params(n_grid_dims))
+    if p == "tpu_interpret":
+        return dict(interpret=_tpu_interpret(), compiler_params=_tpu_params(n_grid_dims))
+    return dict(interpret=True)
+
+
+class Tile:
+    """One (block_rows, block_cols) tile of a (rows, width) array inside a kernel.
+
+    ``row0``/``col0`` are the tile's first row/column (traced int32: rows and widths are < 2**31, and the Triton
+    lowering forms element offsets in 64 bits when an array exceeds 2**32 bytes). On the "gpu" flavour every load
+    and store is masked to the array bounds; on "tpu" the pipeline clips edge blocks and only the maths is masked.
+    """
+
+    def __init__(self, flavor: str, rows: int, width: int, row0, col0, block_rows: int, block_cols: int,
+                 check_rows: bool, check_cols: bool):
+        self.gpu = flavor == "gpu"
+        shape = (block_rows, block_cols)
+        self.row_ok = self.col_ok = None
+        if check_rows:
+            self.row_ok = (row0 + lax.broadcasted_iota(jnp.int32, (block_rows, 1), 0)) < rows
+        if check_cols:
+            self.col_ok = (col0 + lax.broadcasted_iota(jnp.int32, (1, block_cols), 1)) < width
+        ok = [m for m in (self.row_ok, self.col_ok) if m is not None]
+        self.valid = None
+        if ok:
+            self.valid = jnp.broadcast_to(ok[0], shape)
+            for m in ok[1:]:
+                self.valid = self.valid & jnp.broadcast_to(m, shape)
+
+    def _load(self, ref, idx, mask):
+        if self.gpu and mask is not None:
+            from jax.experimental.pallas import triton as plgpu
+            return plgpu.load(ref.at[idx], mask=mask, other=0)
+        return ref[idx]
+
+    def _store(self, ref, idx, val, mask):
+        val = val.astype(ref.dtype)
+        if self.gpu and mask is not None:
+            from jax.experimental.pallas import triton as plgpu
+            plgpu.store(ref.at[idx], val, mask=mask)
+        else:
+            ref[idx] = val
+
+    def load(self, ref, idx=...) -> jax.Array:
+        """(block_rows, block_cols) tile as float32."""
+        return self._load(ref, idx, self.valid).astype(jnp.float32)
+
+    def load_raw(self, ref, idx=...) -> jax.Array:
+        return self._load(ref, idx, self.valid)
+
+    def store(self, ref, val, idx=...) -> None:
+        self._store(ref, idx, val, self.valid)
+
+    def load_rowvec(self, ref, idx=...) -> jax.Array:
+        """(block_rows, 1) per-row values (mean, rstd) as float32."""
+        return self._load(ref, idx, self.row_ok).astype(jnp.float32)
+
+    def store_rowvec(self, ref, val, idx=...) -> None:
+        self._store(ref, idx, val, self.row_ok)
+
+    def load_colvec(self, ref, idx=...) -> jax.Array:
+        """(1, block_cols) per-column values (scale, bias) as float32."""
+        return self._load(ref, idx, self.col_ok).astype(jnp.float32)
+
+    def store_colvec(self, ref, val, idx=...) -> None:
+        self._store(ref, idx, val, self.col_ok)
+
+    def where(self, val: jax.Array) -> jax.Array:
+        """Zero the out-of-bounds elements (a select, so NaN/inf padding cannot leak)."""
+        return val if self.valid is None else jnp.where(self.valid, val, 0.0)
+
+    def where_cols(self, val: jax.Array) -> jax.Array:
+        return val if self.col_ok is None else jnp.where(self.col_ok, val, 0.0)

@@ -1,0 +1,192 @@
+"""Forward kernels: layer norm / RMS norm, optionally fused with the residual add.
+
+Maths per row of h (h = x, or h = round(x + residual) for the fused add; statistics use the rounded h):
+    mean = sum(h) / W                      (0 for RMS)
+    var  = max(sum((h - mean)^2) / W, 0)   (two passes over the on-chip row, float32; sum(h^2)/W for RMS)
+    rstd = rsqrt(var + eps)
+    y    = (h - mean) * rstd * scale + bias
+
+Whole-row path: one kernel, grid over row tiles. Chunked path (rows wider than one block): a statistics kernel
+writes per-chunk (mean_c, M2_c) -- each chunk two-pass on chip -- (and h for the fused add); a tiny XLA step
+combines them exactly (Chan et al.: M2 = sum M2_c + sum n_c (mean_c - mean)^2); an apply kernel writes y.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from . import backend
+from .backend import SQUEEZED, Tile
+from .heuristics import Plan
+
+F32 = jnp.float32
+
+
+def _tile(plan: Plan, rows: int, width: int, chunked: bool) -> Tile:
+    row0 = pl.program_id(0) * plan.block_rows
+    col0 = pl.program_id(1) * plan.block_cols if chunked else 0
+    return Tile(plan.flavor, rows, width, row0, col0, plan.block_rows, plan.block_cols,
+                rows % plan.block_rows != 0, width % plan.block_cols != 0)
+
+
+def _load_h(t: Tile, x_ref, res_ref, h_ref):
+    """h as float32; for the fused add, round x + residual to the residual dtype and write it once."""
+    if res_ref is None:
+        return t.load(x_ref)
+    h = (t.load(x_ref) + t.load(res_ref)).astype(h_ref.dtype)
+    t.store(h_ref, h)
+    return h.astype(F32)
+
+
+def _row_stats(t: Tile, h, width: int, rms: bool):
+    """(mean, var) of each row, (block_rows, 1) float32, two-pass over the masked tile."""
+    if rms:
+        return None, jnp.sum(t.where(h * h), axis=1, keepdims=True) / width
+    mean = jnp.sum(t.where(h), axis=1, keepdims=True) / width
+    d = t.where(h - mean)
+    return mean, jnp.sum(d * d, axis=1, keepdims=True) / width
+
+
+def _fwd_kernel(*refs, plan: Plan, rows: int, width: int, eps: float, rms: bool, has_res: bool,
+                has_scale: bool, has_bias: bool, stats_given: bool, chunked: bool):
+    it = iter(refs)
+    x_ref = next(it)
+    res_ref = next(it) if has_res else None
+    scale_ref = next(it) if has_scale else None
+    bias_ref = next(it) if has_bias else None
+    mean_in = next(it) if stats_given and not rms else None
+    rstd_in = next(it) if stats_given else None
+    y_ref = next(it)
+    h_ref = next(it) if has_res else None
+    mean_ref = next(it) if not stats_given and not rms else None
+    rstd_ref = next(it) if not stats_given else None
+
+    t = _tile(plan, rows, width, chunked)
+    h = _load_h(t, x_ref, res_ref, h_ref)
+    if stats_given:
+        mean = None if rms else t.load_rowvec(mean_in)
+        rstd = t.load_rowvec(rstd_in)
+    else:
+        mean, var = _row_stats(t, h, width, rms)
+        rstd = lax.rsqrt(jnp.maximum(var, 0.0) + eps)
+        if mean_ref is not None:
+            t.store_rowvec(mean_ref, mean)
+        t.store_rowvec(rstd_ref, rstd)
+    y = (h if rms else h - mean) * rstd
+    if has_scale:
+        y = y * t.load_colvec(scale_ref)
+    if has_bias:
+        y = y + t.load_colvec(bias_ref)
+    t.store(y_ref, y)
+
+
+def _chunk_stats_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_res: bool):
+    """Per (row tile, chunk): chunk mean and M2 about it (layer norm) or sum of squares (RMS)."""
+    it = iter(refs)
+    x_ref = next(it)
+    res_ref = next(it) if has_res else None
+    h_ref = next(it) if has_res else None
+    mean_ref = None if rms else next(it)
+    m2_ref = next(it)
+
+    t = _tile(plan, rows, width, True)
+    h = _load_h(t, x_ref, res_ref, h_ref)
+    if rms:
+        t.store_rowvec(m2_ref, jnp.sum(t.where(h * h), axis=1, keepdims=True))
+        return
+    n = jnp.minimum(width - pl.program_id(1) * plan.block_cols, plan.block_cols).astype(F32)
+    mean = jnp.sum(t.where(h), axis=1, keepdims=True) / n
+    d = t.where(h - mean)
+    t.store_rowvec(mean_ref, mean)
+    t.store_rowvec(m2_ref, jnp.sum(d * d, axis=1, keepdims=True))
+
+
+def _specs(plan: Plan, chunked: bool):
+    """BlockSpecs for a (rows, W) tile, a (1, W) parameter row, a (rows, 1) statistic and a chunk partial."""
+    br, bc = plan.block_rows, plan.block_cols
+    if chunked:
+        return (pl.BlockSpec((br, bc), lambda i, j: (i, j)), pl.BlockSpec((1, bc), lambda i, j: (0, j)),
+                pl.BlockSpec((br, 1), lambda i, j: (i, 0)), pl.BlockSpec((SQUEEZED, br, 1), lambda i, j: (j, i, 0)))
+    return (pl.BlockSpec((br, bc), lambda i: (i, 0)), pl.BlockSpec((1, bc), lambda i: (0, 0)),
+            pl.BlockSpec((br, 1), lambda i: (i, 0)), None)
+
+
+def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dtype, residual_dtype,
+                  platform: str, plan: Plan):
+    rows, width = x.shape
+    has_res, has_scale, has_bias = residual is not None, scale is not None, bias is not None
+    chunked = plan.chunked
+    grid = (pl.cdiv(rows, plan.block_rows),) + ((plan.n_chunks,) if chunked else ())
+    kw = backend.call_kwargs(platform, plan.num_warps, len(grid))
+    tile, param, stat, part = _specs(plan, chunked)
+    params = [p.astype(F32).reshape(1, width) for p in (scale, bias) if p is not None]
+    stat_shape = jax.ShapeDtypeStruct((rows, 1), F32)
+    h_dtype = jnp.dtype(residual_dtype if residual_dtype is not None else x.dtype)
+
+    h = None
+    if chunked:  # pass 1: per-chunk statistics (and the new residual)
+        n_stats = 1 if rms else 2
+        part_shape = jax.ShapeDtypeStruct((plan.n_chunks, rows, 1), F32)
+        outs = pl.pallas_call(
+            functools.partial(_chunk_stats_kernel, plan=plan, rows=rows, width=width, rms=rms, has_res=has_res),
+            grid=grid,
+            in_specs=[tile] * (1 + has_res),
+            out_specs=[tile] * has_res + [part] * n_stats,
+            out_shape=[jax.ShapeDtypeStruct((rows, width), h_dtype)] * has_res + [part_shape] * n_stats,
+            name="rn_norm_fwd_stats", **kw,
+        )(x, *([residual] if has_res else []))
+        if has_res:
+            h, *outs = outs
+        mean, rstd = _combine_chunk_stats(outs, width, plan, epsilon, rms)
+        stats_in = ([] if rms else [mean.reshape(rows, 1)]) + [rstd.reshape(rows, 1)]
+        y = pl.pallas_call(
+            functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=False,
+                              has_scale=has_scale, has_bias=has_bias, stats_given=True, chunked=True),
+            grid=grid,
+            in_specs=[tile] + [param] * len(params) + [stat] * len(stats_in),
+            out_specs=tile,
+            out_shape=jax.ShapeDtypeStruct((rows, width), out_dtype),
+            name="rn_norm_fwd_apply", **kw,
+        )(h if has_res else x, *params, *stats_in)
+        return y, h, (jnp.zeros((rows,), F32) if rms else mean), rstd
+
+    out_shape = [jax.ShapeDtypeStruct((rows, width), out_dtype)]
+    out_specs = [tile]
+    if has_res:
+        out_shape.append(jax.ShapeDtypeStruct((rows, width), h_dtype))
+        out_specs.append(tile)
+    n_stats = 1 if rms else 2
+    out_shape += [stat_shape] * n_stats
+    out_specs += [stat] * n_stats
+    outs = pl.pallas_call(
+        functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=has_res,
+                          has_scale=has_scale, has_bias=has_bias, stats_given=False, chunked=False),
+        grid=grid,
+        in_specs=[tile] * (1 + has_res) + [param] * len(params),
+        out_specs=out_specs,
+        out_shape=out_shape,
+        name="rn_norm_fwd", **kw,
+    )(x, *([residual] if has_res else []), *params)
+    y, *outs = outs
+    if has_res:
+        h, *outs = outs
+    mean = jnp.zeros((rows,), F32) if rms else outs[0].reshape(rows)
+    return y, h, mean, outs[-1].reshape(rows)
+
+
+def _combine_chunk_stats(parts, width: int, plan: Plan, eps: float, rms: bool):
+    """Exact merge of per-chunk statistics into per-row (mean, rstd); fixed order, so deterministic."""
+    if rms:
+        var = jnp.sum(parts[0][..., 0], axis=0) / width
+        return None, lax.rsqrt(jnp.maximum(var, 0.0) + eps)
+    cmean, m2 = parts[0][..., 0], parts[1][..., 0]  # (n_chunks, rows)
+    n = np.minimum(width - np.arange(plan.n_chunks) * plan.block_cols, plan.block_cols).astype(np.float32)
+    n = jnp.asarray(n)[:, None]
+    mean = jnp.sum(n * cmean, axis=0) / width
+    var = (jnp.sum(m2, axis=0) + jnp.sum(n * jnp.square(cmean - mean), axis=0)) / width
+    return mean, lax.rsqrt(jnp.maximum(var, 0.0) + eps)
