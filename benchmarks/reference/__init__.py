@@ -1,0 +1,1 @@
+"""Reference code the benchmarks compare rnlib against: what a user writes without rnlib."""
