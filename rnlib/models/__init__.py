@@ -1,1 +1,8 @@
-"""rnlib.models."""
+"""rnlib.models: ResNets, plain twins, residual MLPs; ``build(name, num_classes, rngs, **kw)`` by name."""
+from rnlib.models.cifar import cifar_layout, cifar_resnet
+from rnlib.models.imagenet import IMAGENET_LAYOUTS, imagenet_resnet
+from rnlib.models.registry import build, parse_name
+from rnlib.models.resnet import ResNet
+
+__all__ = ["ResNet", "cifar_resnet", "cifar_layout", "imagenet_resnet", "IMAGENET_LAYOUTS", "build",
+           "parse_name"]

@@ -1,0 +1,103 @@
+"""The ResNet skeleton shared by the CIFAR and ImageNet builders (He et al. 2015, 2016).
+
+stem (ConvNorm [+ max-pool]) -> stages -> [final norm-ReLU for pre-activation] -> global average pool -> Linear.
+Each stage is a head block (which may change the shape: stride 2 and/or more channels) followed by a
+``ResidualStack`` of its remaining identical blocks, run under ``lax.scan``: the traced program has a constant
+number of blocks per stage, so compile time does not grow with depth.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rnlib.nn.blocks import ConvNorm, ResidualBlock, ResidualStack
+
+
+class ResNet(nnx.Module):
+    """A residual (or, with ``shortcut="none"``, plain) convolutional network: NHWC float -> logits.
+
+    Args:
+      name: model name used in error messages (e.g. ``"cifar_resnet20"``).
+      stage_sizes: blocks per stage; stage i > 0 starts with a stride-2 block.
+      widths: per-stage width (output channels of a basic block; inner width of a bottleneck).
+      kind, order, shortcut, norm, expansion, zero_init_last, branch_scale, momentum, epsilon: block options
+        (see ``rnlib.ops.residual``).
+      stem_features, stem_kernel, stem_stride, stem_pool: the stem convolution and an optional 3x3/2 max-pool.
+      stem_norm: whether the stem conv is followed by norm-ReLU (False for the CIFAR pre-activation nets, whose
+        first block pre-activates its input).
+      scan, remat, remat_policy: how each stage's stack of identical blocks runs (see ``ResidualStack``).
+      dtype: compute dtype of convolutions and the classifier (parameters stay float32).
+    """
+
+    def __init__(self, *, name: str, stage_sizes: Sequence[int], widths: Sequence[int], num_classes: int,
+                 in_features: int = 3, kind: str = "basic", order: str = "post", shortcut: str = "B",
+                 norm: str = "batch", expansion: int = 4, zero_init_last: bool = False, branch_scale: bool = False,
+                 momentum: float = 0.9, epsilon: float = 1e-5, stem_features: int = 64, stem_kernel: int = 3,
+                 stem_stride: int = 1, stem_pool: bool = False, stem_norm: bool = True, scan: bool = True,
+                 remat: bool = False, remat_policy: Callable[..., bool] | None = None, dtype: Any = None,
+                 rngs: nnx.Rngs):
+        if len(stage_sizes) != len(widths) or not stage_sizes or min(stage_sizes) < 1:
+            raise ValueError(f"{name}: need one width per stage and >= 1 block per stage, got stage_sizes="
+                             f"{list(stage_sizes)}, widths={list(widths)}")
+        if num_classes < 1 or in_features < 1:
+            raise ValueError(f"{name}: num_classes and in_features must be >= 1, got {num_classes}, {in_features}")
+        self.name = name
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.dtype = dtype
+        self.stem_pool = stem_pool
+        self.min_spatial = stem_stride * (2 if stem_pool else 1) * 2 ** (len(stage_sizes) - 1)
+        common = dict(kind=kind, order=order, shortcut=shortcut, norm=norm, expansion=expansion,
+                      zero_init_last=zero_init_last, branch_scale=branch_scale, momentum=momentum,
+                      epsilon=epsilon, dtype=dtype)
+        self.stem = ConvNorm(in_features, stem_features, kernel_size=stem_kernel, stride=stem_stride,
+                             norm=norm if stem_norm else "none", relu=stem_norm, momentum=momentum,
+                             epsilon=epsilon, dtype=dtype, rngs=rngs)
+        heads, stacks = [], []
+        cin = stem_features
+        for i, (n, w) in enumerate(zip(stage_sizes, widths)):
+            head = ResidualBlock(cin, w, stride=1 if i == 0 else 2, rngs=rngs, **common)
+            heads.append(head)
+            stacks.append(ResidualStack(n - 1, w, scan=scan, remat=remat, remat_policy=remat_policy, rngs=rngs,
+                                        **common) if n > 1 else None)
+            cin = head.out_features
+        self.heads = nnx.data(heads)
+        self.stacks = nnx.data(stacks)
+        self.final_norm = (ConvNorm(cin, cin, kernel_size=0, norm=norm, relu=True, momentum=momentum,
+                                    epsilon=epsilon, dtype=dtype, rngs=rngs) if order == "pre" else None)
+        self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+
+    def check_input(self, x: jax.Array) -> None:
+        """Raise a ValueError/TypeError naming the model unless x is float NHWC, right channels, big enough."""
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: expected an NHWC batch of rank 4 (N, H, W, {self.in_features}), "
+                             f"got shape {x.shape}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.name}: expected {self.in_features} input channels (last axis, NHWC), "
+                             f"got shape {x.shape}")
+        if min(x.shape[1:3]) < self.min_spatial:
+            raise ValueError(f"{self.name}: spatial size {x.shape[1:3]} is smaller than the network's total "
+                             f"downsampling {self.min_spatial}; need H, W >= {self.min_spatial}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{self.name}: expected a floating-point input, got dtype {x.dtype}")
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Pooled features before the classifier: (N, H, W, C_in) -> (N, C_out)."""
+        self.check_input(x)
+        h = self.stem(x)
+        if self.stem_pool:
+            h = nnx.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for head, stack in zip(self.heads, self.stacks):
+            h = head(h)
+            if stack is not None:
+                h = stack(h)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        return jnp.mean(h, axis=(1, 2))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (N, num_classes) for an NHWC float batch (N, H, W, in_features)."""
+        return self.head(self.features(x))

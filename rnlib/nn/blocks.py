@@ -1,0 +1,180 @@
+"""Flax NNX residual blocks: thin wrappers that hold parameters and call rnlib.ops.residual.
+
+Parameters are ``nnx.Param`` leaves in a nested dict mirroring the ops pytree (``conv1/kernel``, ``norm1/scale``,
+...), BatchNorm running statistics are ``nnx.BatchStat``. ``model.train()`` / ``model.eval()`` flip
+``use_running_average`` exactly as for ``nnx.BatchNorm``; it can also be passed per call.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rnlib.ops import residual as R
+
+Dtype = Any
+
+
+def _wrap(tree: dict, kind: type[nnx.Variable]) -> dict:
+    return jax.tree.map(kind, tree)
+
+
+def _values(tree: dict) -> dict:
+    return jax.tree.map(lambda v: v[...], tree, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def _assign(tree: dict, values: dict) -> None:
+    jax.tree.map(lambda v, x: v.set_value(x), tree, values, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+class _BlockBase(nnx.Module):
+    """Shared storage and mode handling for ResidualBlock / ResidualStack."""
+
+    spec: R.BlockSpec
+
+    def _store(self, params: dict, state: dict) -> None:
+        self.params = nnx.data(_wrap(params, nnx.Param))
+        self.batch_stats = nnx.data(_wrap(state, nnx.BatchStat))
+
+    def _train(self, use_running_average: bool | None) -> bool:
+        ura = self.use_running_average if use_running_average is None else use_running_average
+        return not ura
+
+    def _params(self) -> dict:
+        # Kernels are cast to the input's dtype inside the ops; norms compute in float32.
+        return _values(self.params)
+
+
+def _spec(in_features: int, features: int, kind: str, **kw: Any) -> R.BlockSpec:
+    return R.BlockSpec(in_features=in_features, features=features, kind=kind, **kw)
+
+
+class ResidualBlock(_BlockBase):
+    """One residual block: NHWC (N, H, W, in_features) -> (N, ceil(H/stride), ceil(W/stride), out_features).
+
+    See ``rnlib.ops.residual`` for the maths and the options (``order``, ``shortcut``, ``norm``,
+    ``zero_init_last``, ``branch_scale``). ``features`` is the output width for ``kind="basic"`` and the inner
+    width (output ``expansion * features``) for ``kind="bottleneck"``; ``BottleneckBlock`` presets the latter.
+    """
+
+    def __init__(self, in_features: int, features: int, *, stride: int = 1, kind: str = "basic",
+                 order: str = "post", shortcut: str = "B", norm: str = "batch", expansion: int = 4,
+                 zero_init_last: bool = False, branch_scale: bool = False, momentum: float = 0.9,
+                 epsilon: float = 1e-5, dtype: Dtype | None = None, use_running_average: bool = False,
+                 rngs: nnx.Rngs):
+        self.spec = _spec(in_features, features, kind, stride=stride, order=order, shortcut=shortcut, norm=norm,
+                          expansion=expansion, zero_init_last=zero_init_last, branch_scale=branch_scale,
+                          momentum=momentum, epsilon=epsilon)
+        self.dtype = dtype
+        self.use_running_average = use_running_average
+        self._store(*R.block_init(rngs.params(), self.spec))
+
+    @property
+    def out_features(self) -> int:
+        return self.spec.out_features
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        y, state = R.residual_block(self._params(), _values(self.batch_stats), x, self.spec,
+                                    train=self._train(use_running_average))
+        if self._train(use_running_average):
+            _assign(self.batch_stats, state)
+        return y
+
+
+class BottleneckBlock(ResidualBlock):
+    """``ResidualBlock(kind="bottleneck")``: 1x1 (features), 3x3 (features, stride), 1x1 (expansion * features)."""
+
+    def __init__(self, in_features: int, features: int, **kw: Any):
+        super().__init__(in_features, features, kind="bottleneck", **kw)
+
+
+class ResidualStack(_BlockBase):
+    """``num_blocks`` identical shape-preserving blocks with stacked parameters (leading axis ``num_blocks``).
+
+    Runs them under ``lax.scan`` (``scan=True``; compile time independent of ``num_blocks``) or as an unrolled
+    loop (``scan=False``, same result); ``remat=True`` rematerialises each block in the backward pass under
+    ``remat_policy`` (a ``jax.checkpoint_policies`` entry, ``None`` = save nothing).
+    """
+
+    def __init__(self, num_blocks: int, features: int, *, kind: str = "basic", order: str = "post",
+                 shortcut: str = "B", norm: str = "batch", expansion: int = 4, zero_init_last: bool = False,
+                 branch_scale: bool = False, momentum: float = 0.9, epsilon: float = 1e-5, scan: bool = True,
+                 remat: bool = False, remat_policy: Callable[..., bool] | None = None, dtype: Dtype | None = None,
+                 use_running_average: bool = False, rngs: nnx.Rngs):
+        width = features * (expansion if kind == "bottleneck" else 1)
+        self.spec = _spec(width, features, kind, order=order, shortcut=shortcut, norm=norm, expansion=expansion,
+                          zero_init_last=zero_init_last, branch_scale=branch_scale, momentum=momentum,
+                          epsilon=epsilon)
+        self.num_blocks = num_blocks
+        self.scan = scan
+        self.remat = remat
+        self.remat_policy = remat_policy
+        self.dtype = dtype
+        self.use_running_average = use_running_average
+        self._store(*R.stack_init(rngs.params(), self.spec, num_blocks))
+
+    @property
+    def out_features(self) -> int:
+        return self.spec.out_features
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        train = self._train(use_running_average)
+        y, state = R.residual_stack(self._params(), _values(self.batch_stats), x, self.spec, train=train,
+                                    scan=self.scan, remat=self.remat, remat_policy=self.remat_policy)
+        if train:
+            _assign(self.batch_stats, state)
+        return y
+
+    def block(self, i: int) -> ResidualBlock:
+        """A standalone ``ResidualBlock`` holding copies of block ``i``'s parameters and statistics."""
+        if not 0 <= i < self.num_blocks:
+            raise IndexError(f"ResidualStack.block: index {i} out of range for {self.num_blocks} blocks")
+        s = self.spec
+        blk = ResidualBlock(s.in_features, s.features, kind=s.kind, order=s.order, shortcut=s.shortcut,
+                            norm=s.norm, expansion=s.expansion, zero_init_last=s.zero_init_last,
+                            branch_scale=s.branch_scale, momentum=s.momentum, epsilon=s.epsilon, dtype=self.dtype,
+                            use_running_average=self.use_running_average, rngs=nnx.Rngs(0))
+        _assign(blk.params, jax.tree.map(lambda a: a[i], _values(self.params)))
+        _assign(blk.batch_stats, jax.tree.map(lambda a: a[i], _values(self.batch_stats)))
+        return blk
+
+
+class ConvNorm(nnx.Module):
+    """Convolution (no bias), then an optional channel norm and ReLU: the ResNet stem and the final pre-act norm.
+
+    ``kernel_size=0`` gives a norm(+ReLU) only (the pre-activation nets' last norm before pooling).
+    """
+
+    def __init__(self, in_features: int, features: int, *, kernel_size: int = 3, stride: int = 1,
+                 norm: str = "batch", relu: bool = True, momentum: float = 0.9, epsilon: float = 1e-5,
+                 dtype: Dtype | None = None, use_running_average: bool = False, rngs: nnx.Rngs):
+        if norm not in R.NORMS:
+            raise ValueError(f"ConvNorm: norm={norm!r}, expected one of {R.NORMS}")
+        self.kernel_size, self.stride, self.norm, self.relu = kernel_size, stride, norm, relu
+        self.momentum, self.epsilon, self.dtype = momentum, epsilon, dtype
+        self.in_features = in_features
+        self.use_running_average = use_running_average
+        self.kernel = (nnx.Param(R.he_normal_fan_out(rngs.params(), (kernel_size, kernel_size, in_features,
+                                                                      features), jnp.float32))
+                       if kernel_size else None)
+        p, s = R.norm_init(norm, features if kernel_size else in_features)
+        self.norm_params = nnx.data(_wrap(p, nnx.Param))
+        self.batch_stats = nnx.data(_wrap(s, nnx.BatchStat))
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+        ura = self.use_running_average if use_running_average is None else use_running_average
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        if self.kernel is not None:
+            x = R.conv2d(x, self.kernel[...], self.stride)
+        x, state = R.normalize(_values(self.norm_params), _values(self.batch_stats), x, self.norm,
+                               train=not ura, momentum=self.momentum, epsilon=self.epsilon)
+        if not ura:
+            _assign(self.batch_stats, state)
+        return jax.nn.relu(x) if self.relu else x

@@ -1,0 +1,297 @@
+"""Residual block maths (He et al. 2015, 2016) as pure functions over explicit pytrees.
+
+One parameterised block covers every variant; the spec (a frozen, hashable dataclass) holds the static choices:
+
+* kind "basic" (3x3, 3x3) or "bottleneck" (1x1, 3x3, 1x1 with ``expansion``; v1.5: the stride sits on the 3x3);
+* order "post" (v1):  y = relu(s * F(x) + P(x)),  F = conv-norm-relu ... conv-norm;
+  order "pre"  (v2):  y = s * F(x) + P(x),        F = norm-relu-conv ... norm-relu-conv;
+* shortcut P: "A" identity, on a shape change stride subsampling plus zero channels appended (CIFAR option A);
+  "B" 1x1 projection only on a shape change, else identity; "C" projection always; "none": no P (a plain net);
+  in "pre" order a projection reads the pre-activated input relu(norm1(x)) (as in the v2 reference code),
+  identity/option A read x;
+* norm "batch" | "layer" | "rms" | "stats" (rnlib.ops norms over the channel axis, per position) | "none";
+* ``zero_init_last``: F(x) = 0 at init (the last norm's scale when a norm follows the last conv, else the last
+  conv's kernel); ``branch_scale``: a learnable scalar s initialised to 0 (ReZero/SkipInit), else s = 1.
+
+Layout NHWC, kernels HWIO. Parameters are a dict ``{"conv1": {"kernel"}, "norm1": {"scale", "bias"[, "stats_scale"]},
+..., "proj_conv", "proj_norm", "branch_scale"}``; BatchNorm running statistics a dict ``{"norm1": {"mean", "var"}}``.
+A *stack* holds n identical blocks (stride 1, in == out) with every leaf stacked on a new leading axis and runs
+them under ``lax.scan`` so that the traced program, hence compile time, does not grow with depth.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from rnlib import ops as _norm_ops  # layer_norm / rms_norm / layer_norm_with_stats, looked up at call time
+
+Params = dict[str, Any]
+State = dict[str, Any]
+
+KINDS = ("basic", "bottleneck")
+ORDERS = ("post", "pre")
+SHORTCUTS = ("A", "B", "C", "none")
+NORMS = ("batch", "layer", "rms", "stats", "none")
+
+# He et al. initialisation as torchvision applies it: N(0, 2 / (k*k*out_channels)).
+he_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """Static description of one residual block.
+
+    ``features`` is the output width of a basic block and the inner width of a bottleneck (whose output is
+    ``expansion * features``).
+    """
+
+    in_features: int
+    features: int
+    kind: str = "basic"
+    order: str = "post"
+    shortcut: str = "B"
+    norm: str = "batch"
+    stride: int = 1
+    expansion: int = 4
+    zero_init_last: bool = False
+    branch_scale: bool = False
+    momentum: float = 0.9  # running = momentum * running + (1 - momentum) * batch (torch's 0.1)
+    epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("kind", self.kind, KINDS), ("order", self.order, ORDERS),
+                                     ("shortcut", self.shortcut, SHORTCUTS), ("norm", self.norm, NORMS)):
+            if value not in allowed:
+                raise ValueError(f"BlockSpec: {name}={value!r}, expected one of {allowed}")
+        if self.in_features < 1 or self.features < 1 or self.stride < 1 or self.expansion < 1:
+            raise ValueError(f"BlockSpec: in_features, features, stride, expansion must be >= 1, got {self}")
+        if not (0.0 <= self.momentum <= 1.0) or not self.epsilon > 0:
+            raise ValueError(f"BlockSpec: momentum in [0, 1] and epsilon > 0 required, got "
+                             f"momentum={self.momentum}, epsilon={self.epsilon}")
+        if self.shortcut == "A" and self.out_features < self.in_features:
+            raise ValueError(f"BlockSpec: shortcut 'A' pads channels and cannot shrink {self.in_features} -> "
+                             f"{self.out_features}; use 'B' or 'C'")
+
+    @property
+    def out_features(self) -> int:
+        return self.features * (self.expansion if self.kind == "bottleneck" else 1)
+
+    @property
+    def changes_shape(self) -> bool:
+        return self.stride != 1 or self.in_features != self.out_features
+
+    @property
+    def projects(self) -> bool:
+        return self.shortcut == "C" or (self.shortcut == "B" and self.changes_shape)
+
+    def convs(self) -> list[tuple[int, int, int, int]]:
+        """(kernel size, in channels, out channels, stride) of the branch's convolutions, in order."""
+        f = self.features
+        if self.kind == "basic":
+            return [(3, self.in_features, f, self.stride), (3, f, f, 1)]
+        return [(1, self.in_features, f, 1), (3, f, f, self.stride), (1, f, self.out_features, 1)]
+
+
+# ----------------------------------------------------------------------------------------------- primitives
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+    """NHWC x HWIO -> NHWC convolution with torch-style symmetric padding k//2 (so 3x3/2 maps H to ceil(H/2))."""
+    k = kernel.shape[0]
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    return lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), pad,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def norm_init(kind: str, features: int, *, zero_scale: bool = False) -> tuple[Params, State]:
+    """Parameters and running state of one channel norm; ({}, {}) for "none"."""
+    if kind == "none":
+        return {}, {}
+    scale = jnp.zeros((features,), jnp.float32) if zero_scale else jnp.ones((features,), jnp.float32)
+    params: Params = {"scale": scale}
+    if kind != "rms":
+        params["bias"] = jnp.zeros((features,), jnp.float32)
+    if kind == "stats":
+        params["stats_scale"] = jnp.zeros((2, features), jnp.float32)
+    state: State = {}
+    if kind == "batch":
+        state = {"mean": jnp.zeros((features,), jnp.float32), "var": jnp.ones((features,), jnp.float32)}
+    return params, state
+
+
+def normalize(params: Params, state: State, x: jax.Array, kind: str, *, train: bool, momentum: float = 0.9,
+              epsilon: float = 1e-5) -> tuple[jax.Array, State]:
+    """Normalise NHWC ``x`` over its channels with norm ``kind``; returns (y, new running state).
+
+    "batch": statistics over (N, H, W) in float32 (two-pass, biased variance) when ``train``, else the running
+    statistics; the running statistics move by ``1 - momentum`` towards the batch's. Other kinds keep no state.
+    """
+    if kind == "none":
+        return x, state
+    if kind == "layer":
+        return _norm_ops.layer_norm(x, params["scale"], params["bias"], epsilon=epsilon), state
+    if kind == "rms":
+        return _norm_ops.rms_norm(x, params["scale"], epsilon=epsilon), state
+    if kind == "stats":
+        return _norm_ops.layer_norm_with_stats(x, params["scale"], params["bias"], params["stats_scale"],
+                                               epsilon=epsilon), state
+    if kind != "batch":
+        raise ValueError(f"normalize: kind={kind!r}, expected one of {NORMS}")
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if train:
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(xf, axis=axes)
+        var = jnp.maximum(jnp.mean(jnp.square(xf - mean), axis=axes), 0.0)
+        state = {"mean": momentum * state["mean"] + (1.0 - momentum) * lax.stop_gradient(mean),
+                 "var": momentum * state["var"] + (1.0 - momentum) * lax.stop_gradient(var)}
+    else:
+        mean, var = state["mean"], state["var"]
+    y = (xf - mean) * lax.rsqrt(var + epsilon) * params["scale"] + params["bias"]
+    return y.astype(x.dtype), state
+
+
+def shortcut_a(x: jax.Array, out_features: int, stride: int) -> jax.Array:
+    """Option A: keep every ``stride``-th position and append zero channels up to ``out_features``."""
+    if stride != 1:
+        x = x[:, ::stride, ::stride, :]
+    extra = out_features - x.shape[-1]
+    if extra:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    return x
+
+
+# -------------------------------------------------------------------------------------------------- block
+
+def block_init(key: jax.Array, spec: BlockSpec) -> tuple[Params, State]:
+    """Initial (params, batch-norm state) of one block: He-normal (fan-out) kernels, unit scales, zero biases."""
+    convs = spec.convs()
+    keys = jax.random.split(key, len(convs) + 1)
+    params: Params = {}
+    state: State = {}
+    last = len(convs)
+    for i, ((k, cin, cout, _), key_i) in enumerate(zip(convs, keys), start=1):
+        kernel = he_normal_fan_out(key_i, (k, k, cin, cout), jnp.float32)
+        # The last norm follows the last conv only in post order; otherwise zero the last kernel.
+        zero_norm = spec.zero_init_last and i == last and spec.order == "post" and spec.norm != "none"
+        if spec.zero_init_last and i == last and not zero_norm:
+            kernel = jnp.zeros_like(kernel)
+        params[f"conv{i}"] = {"kernel": kernel}
+        p, s = norm_init(spec.norm, cout if spec.order == "post" else cin, zero_scale=zero_norm)
+        if p:
+            params[f"norm{i}"] = p
+        if s:
+            state[f"norm{i}"] = s
+    if spec.projects:
+        params["proj_conv"] = {"kernel": he_normal_fan_out(keys[-1], (1, 1, spec.in_features, spec.out_features),
+                                                           jnp.float32)}
+        if spec.order == "post":  # in pre order the projection reads an already normalised input
+            p, s = norm_init(spec.norm, spec.out_features)
+            if p:
+                params["proj_norm"] = p
+            if s:
+                state["proj_norm"] = s
+    if spec.branch_scale:
+        params["branch_scale"] = jnp.zeros((), jnp.float32)
+    return params, state
+
+
+def check_block_input(x: jax.Array, spec: BlockSpec, name: str = "residual_block") -> None:
+    """Raise a ValueError naming ``name`` unless x is a float NHWC array with ``spec.in_features`` channels."""
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected NHWC input of rank 4, got shape {x.shape}")
+    if x.shape[-1] != spec.in_features:
+        raise ValueError(f"{name}: expected {spec.in_features} input channels (last axis), got shape {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating-point input, got dtype {x.dtype}")
+
+
+def residual_block(params: Params, state: State, x: jax.Array, spec: BlockSpec, *,
+                   train: bool) -> tuple[jax.Array, State]:
+    """Apply one residual (or plain) block: NHWC (N, H, W, in) -> (N, ceil(H/s), ceil(W/s), out).
+
+    Returns (y, new_state); ``new_state`` equals ``state`` unless ``train`` with batch norm.
+    """
+    check_block_input(x, spec)
+    new_state: State = {}
+
+    def norm(name: str, h: jax.Array) -> jax.Array:
+        if name not in params:
+            return h
+        y, s = normalize(params[name], state.get(name, {}), h, spec.norm, train=train, momentum=spec.momentum,
+                         epsilon=spec.epsilon)
+        if s:
+            new_state[name] = s
+        return y
+
+    convs = spec.convs()
+    h, pre = x, x
+    for i, (_, _, _, stride) in enumerate(convs, start=1):
+        if spec.order == "pre":
+            h = jax.nn.relu(norm(f"norm{i}", h))
+            if i == 1:
+                pre = h
+        h = conv2d(h, params[f"conv{i}"]["kernel"], stride)
+        if spec.order == "post":
+            h = norm(f"norm{i}", h)
+            if i < len(convs):
+                h = jax.nn.relu(h)
+    if "branch_scale" in params:
+        h = h * params["branch_scale"].astype(h.dtype)
+    if spec.shortcut != "none":
+        if spec.projects:
+            sc = conv2d(pre, params["proj_conv"]["kernel"], spec.stride)
+            sc = norm("proj_norm", sc)
+        else:
+            sc = shortcut_a(x, spec.out_features, spec.stride)
+        h = h + sc
+    if spec.order == "post":
+        h = jax.nn.relu(h)
+    return h, new_state
+
+
+# -------------------------------------------------------------------------------------------------- stack
+
+def stack_init(key: jax.Array, spec: BlockSpec, num_blocks: int) -> tuple[Params, State]:
+    """``num_blocks`` independent block initialisations stacked on a new leading axis."""
+    _check_stackable(spec, num_blocks)
+    return jax.vmap(lambda k: block_init(k, spec))(jax.random.split(key, num_blocks))
+
+
+def residual_stack(params: Params, state: State, x: jax.Array, spec: BlockSpec, *, train: bool,
+                   scan: bool = True, remat: bool = False,
+                   remat_policy: Callable[..., bool] | None = None) -> tuple[jax.Array, State]:
+    """Apply n identical blocks (leaves stacked on axis 0) in sequence; returns (y, stacked new state).
+
+    ``scan=True`` runs them under ``lax.scan`` (one traced block, compile time independent of n); ``scan=False``
+    unrolls a Python loop (same result, for checking). ``remat`` wraps each block in ``jax.checkpoint`` with
+    ``remat_policy`` (e.g. ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
+    """
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("residual_stack: empty parameter tree")
+    n = leaves[0].shape[0]
+    _check_stackable(spec, n)
+
+    def body(h, ps):
+        p, s = ps
+        return residual_block(p, s, h, spec, train=train)
+
+    if remat:
+        body = jax.checkpoint(body, policy=remat_policy)
+    if scan:
+        return lax.scan(body, x, (params, state))
+    outs = []
+    for i in range(n):
+        x, s = body(x, jax.tree.map(lambda a: a[i], (params, state)))
+        outs.append(s)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *outs) if state else state
+
+
+def _check_stackable(spec: BlockSpec, n: int) -> None:
+    if n < 1:
+        raise ValueError(f"residual stack: num_blocks must be >= 1, got {n}")
+    if spec.changes_shape:
+        raise ValueError(f"residual stack: blocks must keep the shape (stride 1, in == out), got {spec}")
