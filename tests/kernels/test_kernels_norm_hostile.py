@@ -1,0 +1,114 @@
+"""Hostile inputs (DESIGN.md), NaN propagation, poisoned outputs, determinism and argument checks."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import pallas as pl
+
+from kernels_norm_check import check, make_inputs, run_kernels
+from rnlib import kernels as K
+from rnlib.kernels.heuristics import Plan
+
+
+@pytest.mark.parametrize("kind,dtype,rms,width", [
+    ("offset", np.float32, False, 761),     # mean 1e4, std 1e-2
+    ("offset", jnp.bfloat16, True, 1153),
+    ("constant", np.float32, False, 1153),
+    ("constant", np.float16, True, 761),
+    ("zero", np.float32, False, 7),
+    ("zero", jnp.bfloat16, True, 1000),
+])
+def test_hostile_inputs(kind, dtype, rms, width):
+    inp = make_inputs(37, width, dtype, kind=kind, residual=kind == "zero", seed=3)
+    check(inp, rms=rms, platform="cpu", compare_xla=False)
+
+
+def test_offset_rows_stay_accurate_in_float32():
+    """mean 1e4 / std 1e-2: two-pass float32 statistics keep rstd to < 1% (E[x^2]-E[x]^2 would lose it all:
+    its cancellation error, ~1e8 * 6e-8, dwarfs var = 1e-4)."""
+    inp = make_inputs(37, 1153, np.float32, kind="offset", seed=5)
+    out = run_kernels(inp, rms=False, platform="cpu")
+    x = inp["x"].astype(np.float64)
+    true_rstd = 1 / np.sqrt(x.var(axis=1) + 1e-6)
+    assert np.max(np.abs(out["rstd"] / true_rstd - 1)) < 1e-2
+
+
+@pytest.mark.parametrize("platform,plan", [("cpu", None), ("cpu", Plan("gpu", 4, 128, 10, 4, 2)),
+                                           ("tpu_interpret", None)])
+def test_nan_propagates_to_its_row_only(platform, plan):
+    inp = make_inputs(37, 1153, np.float32, residual=True, seed=11)
+    inp["x"][3, 500] = np.nan
+    inp["dy"][20, 7] = np.nan
+    out = run_kernels(inp, rms=False, platform=platform, plan=plan)
+    bad_y = ~np.isfinite(out["y"]).all(axis=1)
+    assert bad_y.tolist() == [i == 3 for i in range(37)]
+    bad_dx = ~np.isfinite(out["dx"]).all(axis=1)
+    assert bad_dx.tolist() == [i in (3, 20) for i in range(37)]
+    assert np.isnan(out["dscale"]).all() and np.isnan(out["dbias"][7]) and np.isfinite(np.delete(out["dbias"], 7)).all()
+    check(inp, rms=False, platform=platform, plan=plan, compare_xla=False)  # finite parts match the reference
+
+
+def test_interpret_mode_poisons_unwritten_outputs():
+    """The finiteness checks prove every element is written: interpret mode starts outputs (and pads) as NaN."""
+    def half_writer(x_ref, o_ref):
+        @pl.when(pl.program_id(0) == 0)
+        def _():
+            o_ref[...] = x_ref[...]
+
+    out = pl.pallas_call(half_writer, grid=(2,), in_specs=[pl.BlockSpec((4, 128), lambda i: (i, 0))],
+                         out_specs=pl.BlockSpec((4, 128), lambda i: (i, 0)),
+                         out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32), interpret=True)(jnp.ones((8, 128)))
+    out = np.asarray(out)
+    assert np.all(out[:4] == 1) and np.all(np.isnan(out[4:]))
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu_interpret"])
+def test_deterministic_bits(platform):
+    inp = make_inputs(199, 761, jnp.bfloat16, residual=True, seed=2)
+    a = run_kernels(inp, rms=False, platform=platform)
+    b = run_kernels(inp, rms=False, platform=platform)
+    for k, v in a.items():
+        if v is not None:
+            assert np.array_equal(v.view(np.uint8), b[k].view(np.uint8)), k
+
+
+def test_supports_and_argument_checks():
+    assert K.supports(4096, 262144, jnp.bfloat16, "gpu")
+    assert K.supports(1, 1, np.float16, "tpu") and K.supports(3, 5, np.float32, "cuda")
+    assert not K.supports(4, 4, np.float64, "gpu")
+    assert not K.supports(4, 4, np.int32, "cpu")
+    assert not K.supports(4, 4, np.float32, "metal")
+    assert not K.supports(0, 4, np.float32, "cpu")
+    x = jnp.ones((4, 8))
+    with pytest.raises(ValueError, match="scale"):
+        K.norm_fwd(x, None, jnp.ones(7), None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
+                   platform="cpu")
+    with pytest.raises(ValueError, match="residual"):
+        K.norm_fwd(x, jnp.ones((4, 9)), None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
+                   platform="cpu")
+    with pytest.raises(ValueError, match="2-D"):
+        K.norm_fwd(jnp.ones(8), None, None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
+                   platform="cpu")
+    with pytest.raises(ValueError, match="platform"):
+        K.norm_fwd(x, None, None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
+                   platform="metal")
+    with pytest.raises(ValueError, match="rstd"):
+        K.norm_bwd(x, x, jnp.zeros(4), jnp.zeros(5), None, None, rms=False, has_bias=False, dx_dtype=None,
+                   platform="cpu")
+
+
+def test_out_dtype_and_residual_dtype():
+    """y in the requested dtype; h rounded to residual_dtype and the statistics taken over that rounded h."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(37, 761)), jnp.bfloat16)
+    r = jnp.asarray(rng.normal(size=(37, 761)), jnp.float32)
+    y, h, mean, rstd = K.norm_fwd(x, r, None, None, epsilon=1e-6, rms=False, out_dtype=jnp.float32,
+                                  residual_dtype=jnp.float16, platform="cpu")
+    assert y.dtype == jnp.float32 and h.dtype == jnp.float16
+    h_ref = (np.asarray(x, np.float32) + np.asarray(r, np.float32)).astype(np.float16)  # the contract's rounding
+    np.testing.assert_array_equal(np.asarray(h), h_ref)
+    hd = h_ref.astype(np.float64)
+    y_ref = (hd - hd.mean(1, keepdims=True)) / np.sqrt(hd.var(1, keepdims=True) + 1e-6)
+    assert np.max(np.abs(np.asarray(y) - y_ref)) < 1e-5 * np.max(np.abs(y_ref))
