@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from kernels_norm_check import check, make_inputs, run_kernels
+from kernels_norm_check import GPU_PLATFORM, check, make_inputs, run_kernels
 from rnlib import kernels as K
 from rnlib.kernels.heuristics import Plan
 
@@ -22,20 +22,20 @@ from rnlib.kernels.heuristics import Plan
 ])
 def test_hostile_inputs(kind, dtype, rms, width):
     inp = make_inputs(37, width, dtype, kind=kind, residual=kind == "zero", seed=3)
-    check(inp, rms=rms, platform="cpu", compare_xla=False)
+    check(inp, rms=rms, platform=GPU_PLATFORM, compare_xla=False)
 
 
 def test_offset_rows_stay_accurate_in_float32():
     """mean 1e4 / std 1e-2: two-pass float32 statistics keep rstd to < 1% (E[x^2]-E[x]^2 would lose it all:
     its cancellation error, ~1e8 * 6e-8, dwarfs var = 1e-4)."""
     inp = make_inputs(37, 1153, np.float32, kind="offset", seed=5)
-    out = run_kernels(inp, rms=False, platform="cpu")
+    out = run_kernels(inp, rms=False, platform=GPU_PLATFORM)
     x = inp["x"].astype(np.float64)
     true_rstd = 1 / np.sqrt(x.var(axis=1) + 1e-6)
     assert np.max(np.abs(out["rstd"] / true_rstd - 1)) < 1e-2
 
 
-@pytest.mark.parametrize("platform,plan", [("cpu", None), ("cpu", Plan("gpu", 4, 128, 10, 4, 2)),
+@pytest.mark.parametrize("platform,plan", [(GPU_PLATFORM, None), (GPU_PLATFORM, Plan("gpu", 4, 128, 10, 4, 2)),
                                            ("tpu_interpret", None)])
 def test_nan_propagates_to_its_row_only(platform, plan):
     inp = make_inputs(37, 1153, np.float32, residual=True, seed=11)
@@ -64,7 +64,7 @@ def test_interpret_mode_poisons_unwritten_outputs():
     assert np.all(out[:4] == 1) and np.all(np.isnan(out[4:]))
 
 
-@pytest.mark.parametrize("platform", ["cpu", "tpu_interpret"])
+@pytest.mark.parametrize("platform", [GPU_PLATFORM, "tpu_interpret"])
 def test_deterministic_bits(platform):
     inp = make_inputs(199, 761, jnp.bfloat16, residual=True, seed=2)
     a = run_kernels(inp, rms=False, platform=platform)
@@ -84,19 +84,19 @@ def test_supports_and_argument_checks():
     x = jnp.ones((4, 8))
     with pytest.raises(ValueError, match="scale"):
         K.norm_fwd(x, None, jnp.ones(7), None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
-                   platform="cpu")
+                   platform=GPU_PLATFORM)
     with pytest.raises(ValueError, match="residual"):
         K.norm_fwd(x, jnp.ones((4, 9)), None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
-                   platform="cpu")
+                   platform=GPU_PLATFORM)
     with pytest.raises(ValueError, match="2-D"):
         K.norm_fwd(jnp.ones(8), None, None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
-                   platform="cpu")
+                   platform=GPU_PLATFORM)
     with pytest.raises(ValueError, match="platform"):
         K.norm_fwd(x, None, None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
                    platform="metal")
     with pytest.raises(ValueError, match="rstd"):
         K.norm_bwd(x, x, jnp.zeros(4), jnp.zeros(5), None, None, rms=False, has_bias=False, dx_dtype=None,
-                   platform="cpu")
+                   platform=GPU_PLATFORM)
 
 
 def test_out_dtype_and_residual_dtype():
@@ -105,7 +105,7 @@ def test_out_dtype_and_residual_dtype():
     x = jnp.asarray(rng.normal(size=(37, 761)), jnp.bfloat16)
     r = jnp.asarray(rng.normal(size=(37, 761)), jnp.float32)
     y, h, mean, rstd = K.norm_fwd(x, r, None, None, epsilon=1e-6, rms=False, out_dtype=jnp.float32,
-                                  residual_dtype=jnp.float16, platform="cpu")
+                                  residual_dtype=jnp.float16, platform=GPU_PLATFORM)
     assert y.dtype == jnp.float32 and h.dtype == jnp.float16
     h_ref = (np.asarray(x, np.float32) + np.asarray(r, np.float32)).astype(np.float16)  # the contract's rounding
     np.testing.assert_array_equal(np.asarray(h), h_ref)
