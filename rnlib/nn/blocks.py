@@ -178,3 +178,47 @@ class ConvNorm(nnx.Module):
         if not ura:
             _assign(self.batch_stats, state)
         return jax.nn.relu(x) if self.relu else x
+
+
+class ResidualMLPBlock(nnx.Module):
+    """Pre-norm residual MLP block in residual-stream form (``rnlib.ops.residual.mlp_block``, built on add_norm).
+
+    ``h, r = block(x, residual)`` with ``r = x + residual`` and ``h = MLP(norm(r))``; chain blocks from
+    ``(x0, zeros)`` and finish with ``rnlib.ops.add_norm(h, r)``: x_{l+1} = x_l + MLP_l(norm(x_l)).
+    Shapes: x, residual (..., features) -> two (..., features) arrays.
+    """
+
+    def __init__(self, features: int, hidden: int | None = None, *, norm: str = "layer", epsilon: float = 1e-6,
+                 activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu, zero_init_last: bool = False,
+                 rngs: nnx.Rngs):
+        self.features, self.hidden = features, hidden or 4 * features
+        self.norm, self.epsilon, self.activation = norm, epsilon, activation
+        self.params = nnx.data(_wrap(R.mlp_block_init(rngs.params(), features, self.hidden, norm=norm,
+                                                      zero_init_last=zero_init_last), nnx.Param))
+
+    def __call__(self, x: jax.Array, residual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return R.mlp_block(_values(self.params), x, residual, norm=self.norm, epsilon=self.epsilon,
+                           activation=self.activation)
+
+
+class ResidualMLPStack(nnx.Module):
+    """``num_blocks`` ``ResidualMLPBlock``s with stacked parameters, under ``lax.scan`` (or unrolled)."""
+
+    def __init__(self, num_blocks: int, features: int, hidden: int | None = None, *, norm: str = "layer",
+                 epsilon: float = 1e-6, activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
+                 zero_init_last: bool = False, scan: bool = True, remat: bool = False,
+                 remat_policy: Callable[..., bool] | None = None, rngs: nnx.Rngs):
+        if num_blocks < 1:
+            raise ValueError(f"ResidualMLPStack: num_blocks must be >= 1, got {num_blocks}")
+        self.num_blocks, self.features, self.hidden = num_blocks, features, hidden or 4 * features
+        self.norm, self.epsilon, self.activation = norm, epsilon, activation
+        self.scan, self.remat, self.remat_policy = scan, remat, remat_policy
+        keys = jax.random.split(rngs.params(), num_blocks)
+        init = jax.vmap(lambda k: R.mlp_block_init(k, features, self.hidden, norm=norm,
+                                                   zero_init_last=zero_init_last))
+        self.params = nnx.data(_wrap(init(keys), nnx.Param))
+
+    def __call__(self, x: jax.Array, residual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return R.mlp_stack(_values(self.params), x, residual, norm=self.norm, epsilon=self.epsilon,
+                           activation=self.activation, scan=self.scan, remat=self.remat,
+                           remat_policy=self.remat_policy)
