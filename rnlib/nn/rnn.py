@@ -112,12 +112,14 @@ class _Cell(nnx.RNNCellBase):
                                                                 jnp.float32))
         shapes = cell_param_shapes(self.cell, in_features, hidden_features, layer_norm)
         self.bias = nnx.Param(jnp.zeros(shapes.pop("bias"), jnp.float32))
-        self.norms = nnx.data({k: {n: nnx.Param(_init_value(n, s)) for n, s in v.items()} for k, v in shapes.items()})
+        self.norm_names = tuple(shapes)  # same top-level names as the linen cells' parameter tree
+        for k, v in shapes.items():
+            setattr(self, k, nnx.data({n: nnx.Param(_init_value(n, s)) for n, s in v.items()}))
 
     def _params(self) -> Params:
         p = {"input_kernel": self.input_kernel[...], "recurrent_kernel": self.recurrent_kernel[...],
              "bias": self.bias[...]}
-        p.update({k: {n: v[...] for n, v in d.items()} for k, d in self.norms.items()})
+        p.update({k: {n: v[...] for n, v in getattr(self, k).items()} for k in self.norm_names})
         return p
 
     def _zeros(self, input_shape: tuple[int, ...], rngs: Any) -> jax.Array:
