@@ -17,13 +17,23 @@ PY="${PYTHON:-python3}"
 SMOKE=0
 for a in "$@"; do [ "$a" = "--cpu-smoke" ] && SMOKE=1; done
 
-# 1. rnlib importable: as installed, else via a shim folder of symlinks (rnlib/* plus kernels -> rnlib/kernels).
+# 1. rnlib importable: as installed, else from this checkout: the repo root on PYTHONPATH for `rnlib`, plus a
+#    sitecustomize (in a temp folder) whose import hook maps `rnlib.kernels` to ./kernels, as pyproject's
+#    package-dir does for an install. No pip, no network. (It shadows any other sitecustomize on the machine.)
 if ! "$PY" -c "import rnlib.kernels, rnlib.ops" 2>/dev/null; then
   SHIM="$(mktemp -d)"
-  mkdir -p "$SHIM/rnlib"
-  for f in "$REPO"/rnlib/*; do ln -s "$f" "$SHIM/rnlib/$(basename "$f")"; done
-  ln -s "$REPO/kernels" "$SHIM/rnlib/kernels"
-  export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+  cat > "$SHIM/sitecustomize.py" <<PYEOF
+import importlib.abc, importlib.util, sys
+_KERNELS = "$REPO/kernels"
+class _RnlibKernelsFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "rnlib.kernels":
+            return None
+        return importlib.util.spec_from_file_location(
+            name, _KERNELS + "/__init__.py", submodule_search_locations=[_KERNELS])
+sys.meta_path.insert(0, _RnlibKernelsFinder())
+PYEOF
+  export PYTHONPATH="$REPO:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 fi
 "$PY" -c "import rnlib.kernels as k, rnlib.ops, jax; print('rnlib.kernels from', k.__file__, '| jax', jax.__version__, jax.devices())" \
   || { echo "cannot import rnlib" >&2; exit 3; }
