@@ -119,3 +119,33 @@ def test_no_int32_offset_overflow_past_2_to_31_elements():
     assert big_rows * 1024 > 2**31
     assert addptr_offset_types(big_rows) == {"i64>"}
     assert "i32>" in addptr_offset_types(4096)
+
+
+@pytest.mark.parametrize("platform,plan", [
+    ("cuda", "gpu-4-128-10-4-4"),   # chunked + backward row sub-block loop + edge tiles in both dims
+    ("cuda", "gpu-8-1024-1-4-8"),   # whole row + sub-block loop
+    ("tpu", "tpu-8-256-5-0-1"),     # chunked, edge chunk and edge row tile
+])
+def test_export_forced_plans(platform, plan):
+    from rnlib.kernels.heuristics import Plan
+    from rnlib.kernels.norm_bwd import norm_bwd_impl
+    from rnlib.kernels.norm_fwd import norm_fwd_impl
+
+    fl, br, bc, nc, warps, sub = plan.split("-")
+    p = Plan(fl, int(br), int(bc), int(nc), int(warps) or None, int(sub))
+    rows, width = 37, 1153 if p.n_chunks > 1 else 761
+
+    def f(x, r, s, b, dy):
+        outs = []
+        for rms, res in VARIANTS:
+            y, h, mean, rstd = norm_fwd_impl(x, r if res else None, s, b, epsilon=1e-6, rms=rms, out_dtype=x.dtype,
+                                             residual_dtype=x.dtype if res else None, platform=KPLAT[platform],
+                                             plan=p)
+            outs.append((y, norm_bwd_impl(dy, h if res else x, mean, rstd, s, dy if res else None, rms=rms,
+                                          has_bias=True, dx_dtype=x.dtype, platform=KPLAT[platform], plan=p)))
+        return outs
+
+    avals = ([jax.ShapeDtypeStruct((rows, width), jnp.bfloat16)] * 2
+             + [jax.ShapeDtypeStruct((width,), jnp.float32)] * 2 + [jax.ShapeDtypeStruct((rows, width), jnp.bfloat16)])
+    text = _export(f, platform, *avals)
+    assert text.count(f"@{TARGET[platform]}(") == (4 if p.chunked else 2) * len(VARIANTS)
