@@ -49,11 +49,11 @@ rc_tests=0
 if [ "${RUN_SH_SKIP_TESTS:-0}" != 1 ]; then
   echo "== kernel tests (platform $TEST_PLATFORM) =="
   if "$PY" -c "import pytest" 2>/dev/null; then
-    RNLIB_KERNEL_TEST_PLATFORM="$TEST_PLATFORM" timeout "${RUN_SH_TEST_TIMEOUT:-180}" \
+    RNLIB_KERNEL_TEST_PLATFORM="$TEST_PLATFORM" timeout "${RUN_SH_TEST_TIMEOUT:-200}" \
       "$PY" -m pytest -q -p no:cacheprovider tests/kernels --durations=10 2>&1 | tee "$OUT_DIR/tests.log"
     rc_tests=${PIPESTATUS[0]}
   else  # no pytest on the machine: the same checker, driven by a plain script
-    timeout "${RUN_SH_TEST_TIMEOUT:-180}" "$PY" benchmarks/device/gpu_selfcheck.py --platform "$TEST_PLATFORM" \
+    timeout "${RUN_SH_TEST_TIMEOUT:-200}" "$PY" benchmarks/device/gpu_selfcheck.py --platform "$TEST_PLATFORM" \
       2>&1 | tee "$OUT_DIR/tests.log"
     rc_tests=${PIPESTATUS[0]}
   fi
