@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import backend, heuristics
+from . import backend
 from .backend import PLATFORMS, canonical_platform
 from .heuristics import Plan, make_plan
 from .norm_bwd import norm_bwd_impl

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform as py_platform
 import statistics
@@ -24,7 +23,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 EPS = 1e-6
 MIB = 1 << 20
