@@ -162,3 +162,12 @@ def test_output_and_residual_dtypes():
     g = jax.grad(lambda a, r: jnp.sum(add_norm(a, r, residual_dtype=jnp.float32)[0].astype(jnp.float32)),
                  argnums=(0, 1))(x, x)
     assert g[0].dtype == g[1].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows,width", [(999, 256), (1024, 1024)])
+def test_cpu_row_blocked_backward(kind, rows, width):
+    """Enough rows that the CPU backward runs block by block (rnlib.ops.norm_xla._cpu_block_rows)."""
+    from rnlib.ops.norm_xla import _cpu_block_rows
+    assert 1 < _cpu_block_rows(rows, width) < rows
+    _check(kind, *_data(rows, width, jnp.float32, seed=rows), dtype=jnp.float32)
