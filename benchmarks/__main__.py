@@ -25,11 +25,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import jax
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from benchmarks import harness, plots, report
+    from benchmarks import harness, report
+
+    try:
+        from benchmarks import plots
+    except ImportError as e:  # matplotlib missing (e.g. a bare GPU image): tables and JSON still get written
+        plots = None
+        print(f"no plots: {e}")
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Table
+    except ImportError:
+        from benchmarks import plain_console as fallback
+        Console, Progress, Table = fallback.Console, fallback.Progress, fallback.Table
+        BarColumn = MofNCompleteColumn = TextColumn = TimeElapsedColumn = fallback.column
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs: do not squeeze the tables
     out = pathlib.Path(args.out)
@@ -47,14 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         bars = {n: progress.add_task(n, total=len(plans[n]), current="") for n in names}
         for n in names:
             recs: list[dict] = []
-            for task in plans[n]:
+            for i, task in enumerate(plans[n]):
                 progress.update(bars[n], current=task.label)
                 recs.extend(task.run())
                 progress.advance(bars[n])
+                if not sys.stdout.isatty():  # no live bar in a log file: one line per finished task
+                    print(f"[{n} {i + 1}/{len(plans[n])} {time.perf_counter() - t0:5.0f} s] {task.label}",
+                          flush=True)
             progress.update(bars[n], current="done")
             by_suite[n] = recs
             report.write_json(recs, out / f"{n}.json")
-            plots.PLOTTERS[n](recs, out)
+            if plots is not None:
+                plots.PLOTTERS[n](recs, out)
 
     # Keep results of suites not run this time in the Markdown file (e.g. --suite train after a full run).
     for n in SUITES:

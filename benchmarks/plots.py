@@ -19,10 +19,12 @@ def plot_norms(recs: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
     """One figure per dtype: rows = ops, columns = passes; x = width (log2), y = frac_of_copy."""
     paths = []
     ops = [o for o in ("layer_norm", "rms_norm", "add_norm") if any(r["name"] == o for r in recs)]
+    passes = [p for p in harness.PASSES if any(r["pass"] == p for r in recs)]
     for dt in sorted({r["dtype"] for r in recs}):
-        fig, axes = plt.subplots(len(ops), 3, figsize=(13, 3.2 * len(ops)), squeeze=False, sharex=True)
+        fig, axes = plt.subplots(len(ops), len(passes), figsize=(4.4 * len(passes), 3.2 * len(ops)), squeeze=False,
+                                 sharex=True)
         for i, op in enumerate(ops):
-            for j, p in enumerate(harness.PASSES):
+            for j, p in enumerate(passes):
                 ax = axes[i][j]
                 sub = [r for r in recs if r["name"] == op and r["dtype"] == dt and r["pass"] == p
                        and r.get("frac_of_copy")]
@@ -36,7 +38,7 @@ def plot_norms(recs: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
                     ax.set_ylabel("fraction of copy bandwidth")
                 if i == len(ops) - 1:
                     ax.set_xlabel("width")
-                if i == 0 and j == 2:
+                if i == 0 and j == len(passes) - 1 and ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8)
         dev = recs[0]["device"]
         fig.suptitle(f"Norms, {dt}, {dev} (bytes that must move / time) / (x + 1 bandwidth)")

@@ -89,3 +89,18 @@ def test_cli_writes_json_markdown_and_png(tmp_path, monkeypatch):
     assert "### layer_norm, float32" in md and "| shape | pass | rnlib_xla | flax_nnx |" in md
     assert md.count("| 8x128 |") == 2 and md.count("| 8x256 |") == 2  # rows: (shape, pass); 1024 elements each
     assert (tmp_path / "norms_float32.png").stat().st_size > 1000
+
+
+def test_cli_without_rich_prints_plain_tables(tmp_path, monkeypatch, capsys):
+    """A bare accelerator image may lack rich: the CLI falls back to plain text and still writes its files."""
+    from benchmarks.__main__ import main
+
+    for mod in ("rich", "rich.console", "rich.progress", "rich.table"):
+        monkeypatch.setitem(sys.modules, mod, None)  # makes `import rich...` raise ImportError
+    monkeypatch.setattr(norms, "default_plan", lambda quick: norms.plan_norms(
+        ops=("rms_norm",), widths=(128,), dtypes=("float32",), impls=("rnlib_xla",), passes=("fwd",),
+        elements=1024, timing=TINY))
+    assert main(["--suite", "norms", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[norms 1/1" in out and "rnlib_xla" in out and "rms_norm" in out
+    assert len(json.loads((tmp_path / "norms.json").read_text())) == 1

@@ -1,0 +1,71 @@
+"""Train / compile suite plumbing with tiny models: same network as the reference, records, skip logic."""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from benchmarks import harness  # noqa: E402
+from benchmarks.suites import compile as compile_suite  # noqa: E402
+from benchmarks.suites import train  # noqa: E402
+
+
+def _count(tree) -> int:
+    return int(sum(np.prod(a.shape) for a in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize("depth", [20, 56])
+def test_reference_resnet_matches_rnlib_parameter_count(depth):
+    """The train suite compares like with like: rnlib's CIFAR ResNet with projection shortcuts has exactly the
+    reference's parameters (shapes only: eval_shape, nothing is computed)."""
+    from flax import nnx
+
+    from benchmarks.reference import resnet_linen
+    from rnlib.models import build
+
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    ref = jax.eval_shape(resnet_linen.cifar_resnet(depth).init, jax.random.key(0), x)["params"]
+    model = nnx.eval_shape(lambda: build(f"resnet{depth}", 10, nnx.Rngs(0), shortcut="B"))
+    ours = nnx.state(model, nnx.Param)
+    assert _count(ref) == _count(ours) > 0
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        resnet_linen.cifar_resnet(21)
+
+
+def test_stack_task_records_rnlib_and_reference():
+    timing = {"warmup": 1, "min_runs": 2, "max_runs": 2, "target_s": 0.0}
+    recs = train.stack_task(1, 32, (2, 8), timing)
+    assert [r["impl"] for r in recs] == ["rnlib", "reference_linen"]
+    for r in recs:
+        assert set(harness.RECORD_KEYS) <= set(r) and "error" not in r, r
+        assert r["suite"] == "train" and r["pass"] == "fwd+bwd" and r["shape"] == [2, 8, 32]
+        assert r["images_per_s"] == pytest.approx(2 / r["time_s"]) and r["compile_s"] > 0
+    assert recs[0]["params"] == recs[1]["params"]  # fused and unfused stacks hold the same parameters
+
+
+def test_stack_fused_and_unfused_compute_the_same_function():
+    from benchmarks.reference.residual_stack import PreNormStack
+    from rnlib.linen import AddNorm
+
+    x = jax.random.normal(jax.random.key(0), (2, 4, 16))
+    ref = PreNormStack(depth=2, features=16)
+    fused = PreNormStack(depth=2, features=16, add_norm=AddNorm)
+    params = jax.jit(ref.init)(jax.random.key(1), x)["params"]
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), params)
+    got = jax.jit(fused.apply)({"params": params}, x)
+    np.testing.assert_allclose(got, jax.jit(ref.apply)({"params": params}, x), rtol=1e-4, atol=1e-4)
+
+
+def test_compile_suite_skips_unrolled_depth_over_budget():
+    # History says unrolled depth 20 compiled in 30 s: depth 1202 extrapolates to 1803 s > 60 s, so it is skipped
+    # without compiling anything, and the record says why.
+    history = {"rnlib_unrolled": (20, 30.0, 0.5)}
+    (rec,) = compile_suite.measure_depth(1202, False, 8, {}, history, compile_budget_s=60.0, step_budget_s=10.0)
+    assert rec["impl"] == "rnlib_unrolled" and rec["depth"] == 1202 and rec["compile_s"] is None
+    assert rec["time_s"] is None and rec["note"].startswith("skipped: predicted compile 1803 s")
+    tasks = compile_suite.plan_compile(depths=(20, 1202))
+    assert [t.label for t in tasks] == ["resnet20 scan", "resnet1202 scan", "resnet20 unrolled",
+                                        "resnet1202 unrolled"]
