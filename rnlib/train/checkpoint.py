@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
 from typing import Any
 
@@ -91,14 +92,32 @@ class Checkpointer:
         """The newest readable checkpoint as (state, extra), shaped and sharded like `template`; None if there is
         none. Unreadable or corrupt checkpoints are skipped with a warning (newest first)."""
         self._mngr.reload()
-        for step in reversed(self.all_steps()):
-            try:
-                return self._restore_step(step, template)
-            except Exception as e:  # orbax/tensorstore raise many types for damaged files
-                warnings.warn(f"checkpoint at step {step} in {self.directory} is unreadable or corrupt "
-                              f"({type(e).__name__}: {str(e)[:300]}); falling back to the previous one",
-                              RuntimeWarning, stacklevel=2)
-        return None
+        bad = []
+        try:
+            for step in reversed(self.all_steps()):
+                try:
+                    return self._restore_step(step, template)
+                except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                    bad.append(step)
+                    warnings.warn(f"checkpoint at step {step} in {self.directory} is unreadable or corrupt "
+                                  f"({type(e).__name__}: {str(e)[:300]}); falling back to the previous one "
+                                  f"(the damaged one is moved to {self.directory}/corrupt/)",
+                                  RuntimeWarning, stacklevel=2)
+            return None
+        finally:
+            if bad:
+                self._quarantine(bad)
+
+    def _quarantine(self, steps: list[int]) -> None:
+        """Move damaged step folders aside (kept for inspection) so that the resumed run can save those steps."""
+        if jax.process_index() == 0:
+            dest = os.path.join(self.directory, "corrupt")
+            os.makedirs(dest, exist_ok=True)
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                if os.path.isdir(src):
+                    os.replace(src, os.path.join(dest, f"step_{step}_{time.strftime('%Y%m%d-%H%M%S')}"))
+        self._mngr.reload()
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()

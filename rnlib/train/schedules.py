@@ -7,6 +7,7 @@ stop at 64k; ResNet-110 first warms up at lr 0.01 for ~400 iterations. Shorter r
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ SCHEDULES = ("paper", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+@functools.lru_cache(maxsize=128)
 def paper_schedule(
     total_steps: int = PAPER_STEPS,
     base_lr: float = 0.1,
@@ -52,6 +54,7 @@ def paper_schedule(
     return schedule
 
 
+@functools.lru_cache(maxsize=128)
 def make_schedule(
     name: str,
     total_steps: int,
@@ -74,6 +77,7 @@ def make_schedule(
     raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
 
 
+@functools.lru_cache(maxsize=128)
 def make_optimizer(
     name: str,
     schedule: Callable | float,
@@ -82,7 +86,10 @@ def make_optimizer(
     weight_decay: float = 1e-4,
     nesterov: bool = False,
 ) -> optax.GradientTransformation:
-    """"sgd": g + wd*w then heavy-ball momentum (PyTorch/Caffe SGD, the paper's recipe);
+    """Cached on its arguments (like make_schedule), so equal configs give the same object and a jitted step
+    compiled for it is reused.
+
+    "sgd": g + wd*w then heavy-ball momentum (PyTorch/Caffe SGD, the paper's recipe);
     "adam": Adam on g + wd*w (coupled L2); "adamw": decoupled weight decay (Loshchilov & Hutter)."""
     if name == "sgd":
         return optax.chain(

@@ -36,6 +36,12 @@ class DataParallel:
         self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
         self.replicated = NamedSharding(self.mesh, P())
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DataParallel) and other.mesh == self.mesh
+
+    def __hash__(self) -> int:
+        return hash(self.mesh)
+
     @property
     def num_devices(self) -> int:
         return self.mesh.devices.size

@@ -6,6 +6,7 @@ function, so the compiled computation is the same as a hand-written `jax.jit` ov
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -49,12 +50,13 @@ class TrainState:
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    """Split `model` (its mode is restored afterwards) and initialise `tx` on its parameters."""
+    """Split `model` into a state holding *copies* of its arrays (the train step donates the state, which must
+    not delete the caller's model) and initialise `tx` on the parameters. `model` is left in train mode."""
     model.eval()
     eval_graphdef = nnx.graphdef(model)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    params, rest = jax.tree.map(jnp.copy, (nnx.to_pure_dict(params), nnx.to_pure_dict(rest)))
     return TrainState(
         step=jnp.asarray(0, jnp.int32), params=params, model_state=rest, opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)), bad_step=jnp.asarray(-1, jnp.int32),
@@ -116,32 +118,26 @@ def train_step_fn(precision: str = "f32", augment: Augment | None = None) -> Cal
     return step
 
 
-def _state_shardings(state: TrainState, sharding) -> Any:
-    return jax.tree.map(lambda _: sharding, state)
-
-
+@functools.lru_cache(maxsize=64)
 def make_train_step(
     precision: str = "f32",
     augment: Augment | None = None,
     *,
     parallel: Any = None,
-    state: TrainState | None = None,
     donate: bool = True,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """jax.jit-compiled `train_step_fn(precision, augment)` with the state donated.
 
-    `parallel` (a `rnlib.train.sharding.DataParallel`, with `state` as a template) pins the shardings:
-    state replicated, batch split over the mesh's data axis, metrics replicated. Without it, jit follows the
-    inputs' shardings. `bad_step` counts steps 1-based: the step whose update produced the non-finite loss.
+    `parallel` (a `rnlib.train.sharding.DataParallel`) pins the shardings: state replicated, batch split over
+    the mesh's data axis, metrics replicated; without it jit follows the inputs' shardings. Cached on the
+    arguments, so repeated runs in one process (same model and optimizer objects) reuse the compiled step.
+    `bad_step` counts steps 1-based: the step whose update produced the non-finite loss.
     """
-    fn = train_step_fn(precision, augment)
     kw: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
-    if parallel is not None:
-        if state is None:
-            raise ValueError("make_train_step(parallel=...) needs the `state` template for its shardings")
-        kw["in_shardings"] = (_state_shardings(state, parallel.replicated), parallel.batch_sharding)
-        kw["out_shardings"] = (_state_shardings(state, parallel.replicated), parallel.replicated)
-    return jax.jit(fn, **kw)
+    if parallel is not None:  # one sharding is a pytree prefix for the whole state
+        kw["in_shardings"] = (parallel.replicated, parallel.batch_sharding)
+        kw["out_shardings"] = (parallel.replicated, parallel.replicated)
+    return jax.jit(train_step_fn(precision, augment), **kw)
 
 
 def eval_step_fn(precision: str = "f32") -> Callable:
@@ -157,13 +153,12 @@ def eval_step_fn(precision: str = "f32") -> Callable:
     return step
 
 
-def make_eval_step(precision: str = "f32", *, parallel: Any = None, state: TrainState | None = None) -> Callable:
-    """jax.jit-compiled `eval_step_fn` (no donation: the state is reused)."""
+@functools.lru_cache(maxsize=64)
+def make_eval_step(precision: str = "f32", *, parallel: Any = None) -> Callable:
+    """jax.jit-compiled `eval_step_fn` (no donation: the state is reused); shardings as in make_train_step."""
     kw: dict[str, Any] = {}
     if parallel is not None:
-        if state is None:
-            raise ValueError("make_eval_step(parallel=...) needs the `state` template for its shardings")
-        kw["in_shardings"] = (_state_shardings(state, parallel.replicated), parallel.batch_sharding)
+        kw["in_shardings"] = (parallel.replicated, parallel.batch_sharding)
         kw["out_shardings"] = parallel.replicated
     return jax.jit(eval_step_fn(precision), **kw)
 
