@@ -55,8 +55,9 @@ def plot(results: dict, depths: list[int], path: str, title: str) -> None:
                 continue
             c = results[name]["runs"][0]["curve"]
             # Smooth the noisy per-batch error a little (moving average over 5 log points).
-            e = np.convolve(c["train_error"], np.ones(5) / 5, mode="valid")
-            ax.plot(c["step"][4:], 100 * e, color=cmap(i / max(1, len(depths) - 1)),
+            w = min(5, len(c["train_error"]))
+            e = np.convolve(c["train_error"], np.ones(w) / w, mode="valid")
+            ax.plot(c["step"][w - 1:], 100 * e, color=cmap(i / max(1, len(depths) - 1)),
                     label=f"{arch}-{d} (final {100 * results[name]['final_train_error']:.1f}%)")
         ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'}: training error (train mode, augmented)")
         ax.set_xlabel("step")

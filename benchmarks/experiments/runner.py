@@ -83,7 +83,7 @@ def fit_arrays(
     @jax.jit
     def step(params, rest, opt_state, batch):
         def f(p):
-            m = nnx.merge(graphdef, p, rest)
+            m = nnx.merge(graphdef, p, rest, copy=True)
             loss, metrics = loss_fn(m, batch)
             return loss, (metrics, nnx.state(m, nnx.Not(nnx.Param)))
 
