@@ -26,9 +26,12 @@ GPU_TILE_ELEMENTS = {4: 4096, 2: 8192}
 GPU_MAX_BLOCK_ROWS = 256
 # (max tile elements, num_warps): first row whose bound covers the tile.
 GPU_WARPS = ((1024, 2), (4096, 4), (8192, 8), (16384, 16), (1 << 62, 32))
-# Backward: aim for this many programs (partials of dscale/dbias scale with it), e.g. ~4 per H100 SM.
+# Backward: aim for this many programs in all (~4 per H100 SM) ...
 GPU_BWD_PROGRAMS = 528
-GPU_MAX_BWD_SUB_BLOCKS = 64
+# ... but few enough that the float32 dscale + dbias partials (16 bytes per column per program, written then read)
+# stay under this fraction of the backward's own traffic (3 * rows * width * itemsize).
+GPU_BWD_PARTIAL_FRACTION = 0.1
+GPU_MAX_BWD_SUB_BLOCKS = 1024
 
 # TPU (Mosaic): bytes of one f32 tile in VMEM (several tiles are double-buffered; default scoped VMEM 16-32 MiB).
 TPU_TILE_BYTES = 1 << 20
@@ -69,10 +72,16 @@ def gpu_plan(rows: int, width: int, itemsize: int) -> Plan:
     block_rows = 1
     if n_chunks == 1:
         block_rows = max(1, min(GPU_TILE_ELEMENTS[itemsize] // cols, GPU_MAX_BLOCK_ROWS, _pow2(rows)))
-    row_tiles = -(-rows // block_rows)
-    sub = max(1, min(GPU_MAX_BWD_SUB_BLOCKS, row_tiles // GPU_BWD_PROGRAMS))
-    sub = 1 << (sub.bit_length() - 1)  # power of two, so rows per backward program stay a power of two
+    sub = _gpu_bwd_sub_blocks(rows, block_rows, n_chunks, itemsize)
     return Plan("gpu", block_rows, cols, n_chunks, _warps(block_rows * cols), sub)
+
+
+def _gpu_bwd_sub_blocks(rows: int, block_rows: int, n_chunks: int, itemsize: int) -> int:
+    """Row tiles per backward program (a power of two, so rows per program stay one)."""
+    row_tiles = -(-rows // block_rows)
+    cap = int(GPU_BWD_PARTIAL_FRACTION * 3 * rows * itemsize / 16)
+    n_prog = max(1, min(GPU_BWD_PROGRAMS // n_chunks, cap, row_tiles))
+    return min(_pow2(-(-row_tiles // n_prog)), GPU_MAX_BWD_SUB_BLOCKS)
 
 
 def tpu_plan(rows: int, width: int, itemsize: int) -> Plan:
