@@ -3,27 +3,34 @@
 #   1. make `rnlib` (with `kernels/` as `rnlib.kernels`) importable without downloading anything,
 #   2. run the kernel tests on the GPU (tests/kernels with RNLIB_KERNEL_TEST_PLATFORM=gpu: Triton backend),
 #   3. time layer norm fwd / bwd / fwd+bwd against a copy (benchmarks/device/gpu_bench.py).
-# Results (tests.log, bench.log, layer_norm_bandwidth.{json,md}) go to $1, else $OUT, else benchmarks/results/device.
+# Results (tests.log, bench.log, layer_norm_bandwidth.{json,md}) go to $1 (if not an option), else $OUT, else
+# benchmarks/results/device.
 # Extra arguments after the folder go to gpu_bench.py (e.g. --widths 256 4096 --dtypes bfloat16).
 # RUN_SH_SKIP_TESTS=1 skips step 2.  `benchmarks/device/run.sh DIR --cpu-smoke` dry-runs both steps on CPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO="$(pwd)"
-OUT_DIR="${1:-${OUT:-benchmarks/results/device}}"
-shift || true
+OUT_DIR="${OUT:-benchmarks/results/device}"
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then OUT_DIR="$1"; shift; fi
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 PY="${PYTHON:-python3}"
 SMOKE=0
 for a in "$@"; do [ "$a" = "--cpu-smoke" ] && SMOKE=1; done
 
-# 1. rnlib importable: as installed, else from this checkout: the repo root on PYTHONPATH for `rnlib`, plus a
-#    sitecustomize (in a temp folder) whose import hook maps `rnlib.kernels` to ./kernels, as pyproject's
-#    package-dir does for an install. No pip, no network. (It shadows any other sitecustomize on the machine.)
+# 1. rnlib importable: as installed; else `pip install --no-deps --no-build-isolation -e .` (offline; needs a recent
+#    setuptools on the machine); else from this checkout with no install at all: the repo root on PYTHONPATH for
+#    `rnlib`, plus a sitecustomize (temp folder) whose import hook maps `rnlib.kernels` to ./kernels as pyproject's
+#    package-dir does, and which then runs the machine's own sitecustomize, if any, that it shadows.
+if ! "$PY" -c "import rnlib.kernels, rnlib.ops" 2>/dev/null; then
+  PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 timeout 120 \
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip_install.log" 2>&1 \
+    || echo "pip install -e . failed (see pip_install.log); using the import shim"
+fi
 if ! "$PY" -c "import rnlib.kernels, rnlib.ops" 2>/dev/null; then
   SHIM="$(mktemp -d)"
   cat > "$SHIM/sitecustomize.py" <<PYEOF
-import importlib.abc, importlib.util, sys
+import importlib, importlib.abc, importlib.util, os, sys
 _KERNELS = "$REPO/kernels"
 class _RnlibKernelsFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -32,6 +39,16 @@ class _RnlibKernelsFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(
             name, _KERNELS + "/__init__.py", submodule_search_locations=[_KERNELS])
 sys.meta_path.insert(0, _RnlibKernelsFinder())
+# Chain to the sitecustomize this file shadows (some images set library paths there).
+_here, _saved = os.path.dirname(os.path.abspath(__file__)), list(sys.path)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+sys.modules.pop("sitecustomize", None)
+try:
+    importlib.import_module("sitecustomize")
+except ImportError:
+    pass
+finally:
+    sys.path[:] = _saved
 PYEOF
   export PYTHONPATH="$REPO:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 fi
