@@ -4,13 +4,13 @@ from rnlib.train.data import Augment, BatchLoader, Dataset, augment_batch, load_
 from rnlib.train.loop import NonFiniteLossError, TrainConfig, TrainResult, evaluate, fit
 from rnlib.train.schedules import make_optimizer, make_schedule, paper_schedule
 from rnlib.train.sharding import DataParallel
-from rnlib.train.state import (TrainState, create_train_state, eval_step_fn, make_eval_step, make_train_step,
-                               params_sha256, train_step_fn)
+from rnlib.train.state import (TrainState, create_train_state, eval_step_fn, init_module, make_eval_step,
+                               make_train_step, params_sha256, train_step_fn)
 
 __all__ = [
     "Checkpointer", "Augment", "BatchLoader", "Dataset", "augment_batch", "load_cifar10", "load_dataset", "load_digits",
     "NonFiniteLossError", "TrainConfig", "TrainResult", "evaluate", "fit",
     "make_optimizer", "make_schedule", "paper_schedule", "DataParallel",
-    "TrainState", "create_train_state", "eval_step_fn", "make_eval_step", "make_train_step", "params_sha256",
-    "train_step_fn",
+    "TrainState", "create_train_state", "init_module", "eval_step_fn", "make_eval_step", "make_train_step",
+    "params_sha256", "train_step_fn",
 ]

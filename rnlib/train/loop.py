@@ -20,7 +20,7 @@ from rnlib.train.data import BatchLoader, Dataset, load_dataset
 from rnlib.train.report import MetricsLog, Progress, plot_curves, write_json
 from rnlib.train.schedules import make_optimizer, make_schedule
 from rnlib.train.sharding import DataParallel
-from rnlib.train.state import TrainState, create_train_state, make_eval_step, make_train_step, params_sha256
+from rnlib.train.state import TrainState, create_train_state, init_module, make_eval_step, make_train_step, params_sha256
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -88,6 +88,7 @@ class TrainResult:
 
 
 def build_model(config: TrainConfig, dataset: Dataset, rngs: nnx.Rngs) -> nnx.Module:
+    """`rnlib.models.build(config.model, classes, rngs, in_features=..., **config.model_kwargs)`."""
     from rnlib import models
 
     h, w, c = dataset.image_shape
@@ -124,7 +125,8 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
         dataset: Dataset | None = None) -> TrainResult:
     """Train as `config` says; write metrics.jsonl / final.json / curves.png into `config.out` if set.
 
-    model_fn(dataset, rngs) overrides `config.model` (any NNX module mapping NHWC images to logits);
+    model_fn(dataset, rngs) overrides `config.model` (any NNX module mapping NHWC images to logits; it is
+    called under jax.jit by `init_module`, so it must build from `rngs` without host-side values);
     `dataset` overrides `config.data`. Raises NonFiniteLossError (naming the step) if the loss becomes NaN/inf;
     checkpoints saved before that step are kept.
     """
@@ -132,8 +134,8 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
     ds = dataset if dataset is not None else load_dataset(config.data, config.data_dir)
     dp = DataParallel(jax.devices()[:config.devices] if config.devices else None)
     dp.check_batch_size(config.batch_size)
-    rngs = nnx.Rngs(config.seed)
-    model = model_fn(ds, rngs) if model_fn is not None else build_model(config, ds, rngs)
+    model = init_module((lambda r: model_fn(ds, r)) if model_fn is not None
+                        else (lambda r: build_model(config, ds, r)), config.seed)
     horizon = config.schedule_steps or config.steps
     schedule = make_schedule(config.schedule, horizon, config.lr, warmup=config.warmup)
     tx = make_optimizer(config.optimizer, schedule, momentum=config.momentum, weight_decay=config.weight_decay)

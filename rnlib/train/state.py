@@ -49,6 +49,25 @@ class TrainState:
                 "opt_state": self.opt_state, "rng": self.rng, "bad_step": self.bad_step}
 
 
+def init_module(factory: Callable[[nnx.Rngs], nnx.Module], seed: int) -> nnx.Module:
+    """`factory(nnx.Rngs(seed))`, with all initialisers run as one jitted program.
+
+    Eager construction compiles every initialiser op separately (a CIFAR ResNet: ~1 min on a busy 2-core CPU);
+    one program compiled with XLA's cheap backend settings takes seconds, and the init runs only once.
+    """
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: factory(nnx.Rngs(seed))))
+    lowered = jax.jit(lambda: nnx.split(factory(nnx.Rngs(seed)))[1]).lower()
+    compiled = None
+    if jax.default_backend() == "cpu":
+        try:
+            compiled = lowered.compile(
+                compiler_options={"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
+        except Exception:  # an XLA without these options: fall back to the default pipeline
+            compiled = None
+    state = (compiled or lowered.compile())()
+    return nnx.merge(graphdef, state)
+
+
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Split `model` into a state holding *copies* of its arrays (the train step donates the state, which must
     not delete the caller's model) and initialise `tx` on the parameters. `model` is left in train mode."""
