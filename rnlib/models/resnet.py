@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rnlib.nn.blocks import ConvNorm, ResidualBlock, ResidualStack
+from rnlib.ops.residual import lecun_normal
 
 
 class ResNet(nnx.Module):
@@ -68,7 +69,7 @@ class ResNet(nnx.Module):
         self.stacks = nnx.data(stacks)
         self.final_norm = (ConvNorm(cin, cin, kernel_size=0, norm=norm, relu=True, momentum=momentum,
                                     epsilon=epsilon, dtype=dtype, rngs=rngs) if order == "pre" else None)
-        self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(cin, num_classes, dtype=dtype, kernel_init=lecun_normal, rngs=rngs)
 
     def check_input(self, x: jax.Array) -> None:
         """Raise a ValueError/TypeError naming the model unless x is float NHWC, right channels, big enough."""

@@ -160,8 +160,7 @@ class ConvNorm(nnx.Module):
         self.momentum, self.epsilon, self.dtype = momentum, epsilon, dtype
         self.in_features = in_features
         self.use_running_average = use_running_average
-        self.kernel = (nnx.Param(R.he_normal_fan_out(rngs.params(), (kernel_size, kernel_size, in_features,
-                                                                      features), jnp.float32))
+        self.kernel = (nnx.Param(R.he_normal(rngs.params(), (kernel_size, kernel_size, in_features, features)))
                        if kernel_size else None)
         p, s = R.norm_init(norm, features if kernel_size else in_features)
         self.norm_params = nnx.data(_wrap(p, nnx.Param))

@@ -21,10 +21,12 @@ them under ``lax.scan`` so that the traced program, hence compile time, does not
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from rnlib import ops as _norm_ops  # layer_norm / rms_norm / layer_norm_with_stats, looked up at call time
@@ -36,9 +38,6 @@ KINDS = ("basic", "bottleneck")
 ORDERS = ("post", "pre")
 SHORTCUTS = ("A", "B", "C", "none")
 NORMS = ("batch", "layer", "rms", "stats", "none")
-
-# He et al. initialisation as torchvision applies it: N(0, 2 / (k*k*out_channels)).
-he_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,19 +105,25 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def norm_init(kind: str, features: int, *, zero_scale: bool = False) -> tuple[Params, State]:
-    """Parameters and running state of one channel norm; ({}, {}) for "none"."""
+def norm_init(kind: str, features: int, *, zero_scale: bool = False,
+              prefix: tuple[int, ...] = ()) -> tuple[Params, State]:
+    """Parameters and running state of one channel norm ({}, {} for "none"); ``prefix`` adds leading (stack) axes.
+
+    Built with NumPy: constant initial values need no XLA compilation (eager jnp.ones compiles once per shape).
+    """
     if kind == "none":
         return {}, {}
-    scale = jnp.zeros((features,), jnp.float32) if zero_scale else jnp.ones((features,), jnp.float32)
-    params: Params = {"scale": scale}
+    shape = (*prefix, features)
+
+    def const(value: float, shp: tuple[int, ...] = shape) -> jax.Array:
+        return jnp.asarray(np.full(shp, value, np.float32))
+
+    params: Params = {"scale": const(0.0 if zero_scale else 1.0)}
     if kind != "rms":
-        params["bias"] = jnp.zeros((features,), jnp.float32)
+        params["bias"] = const(0.0)
     if kind == "stats":
-        params["stats_scale"] = jnp.zeros((2, features), jnp.float32)
-    state: State = {}
-    if kind == "batch":
-        state = {"mean": jnp.zeros((features,), jnp.float32), "var": jnp.ones((features,), jnp.float32)}
+        params["stats_scale"] = const(0.0, (*prefix, 2, features))
+    state: State = {"mean": const(0.0), "var": const(1.0)} if kind == "batch" else {}
     return params, state
 
 
@@ -165,36 +170,71 @@ def shortcut_a(x: jax.Array, out_features: int, stride: int) -> jax.Array:
 
 # -------------------------------------------------------------------------------------------------- block
 
-def block_init(key: jax.Array, spec: BlockSpec) -> tuple[Params, State]:
-    """Initial (params, batch-norm state) of one block: He-normal (fan-out) kernels, unit scales, zero biases."""
+_CHUNK = 1 << 16
+
+
+@jax.jit
+def _normal_chunk(key: jax.Array, index: jax.Array) -> jax.Array:
+    return jax.random.normal(jax.random.fold_in(key, index), (_CHUNK,), jnp.float32)
+
+
+def normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal float32 draws of ``shape`` (traceable; the same values eagerly and under jit).
+
+    Built from fixed-size chunks so that XLA compiles the random-bits program once per process: compiling
+    ``jax.random.normal`` afresh for every parameter shape costs seconds each on a CPU and dominated model init.
+    """
+    n = math.prod(shape)
+    chunks = [_normal_chunk(key, np.uint32(i)) for i in range(max(1, -(-n // _CHUNK)))]
+    flat = chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
+    return flat[:n].reshape(shape)
+
+
+def he_normal(key: jax.Array, shape: tuple[int, ...], prefix: tuple[int, ...] = ()) -> jax.Array:
+    """He et al. init as torchvision applies it to an HWIO kernel: N(0, 2 / (k*k*out)); ``prefix``: stack axes."""
+    std = np.sqrt(2.0 / (np.prod(shape[:-2]) * shape[-1]))
+    return normal(key, (*prefix, *shape)) * np.float32(std)
+
+
+def lecun_normal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """N(0, 1 / fan_in) for a (fan_in, fan_out) dense kernel; a flax-style initializer (key, shape, dtype)."""
+    return (normal(key, tuple(shape)) * np.float32(1.0 / np.sqrt(shape[0]))).astype(dtype)
+
+
+def block_init(key: jax.Array, spec: BlockSpec, num_blocks: int | None = None) -> tuple[Params, State]:
+    """Initial (params, batch-norm state) of one block: He-normal (fan-out) kernels, unit scales, zero biases.
+
+    With ``num_blocks`` every leaf gets a leading axis of that size (independent draws per block): a stack.
+    """
+    prefix = () if num_blocks is None else (num_blocks,)
     convs = spec.convs()
     keys = jax.random.split(key, len(convs) + 1)
     params: Params = {}
     state: State = {}
     last = len(convs)
     for i, ((k, cin, cout, _), key_i) in enumerate(zip(convs, keys), start=1):
-        kernel = he_normal_fan_out(key_i, (k, k, cin, cout), jnp.float32)
         # The last norm follows the last conv only in post order; otherwise zero the last kernel.
         zero_norm = spec.zero_init_last and i == last and spec.order == "post" and spec.norm != "none"
         if spec.zero_init_last and i == last and not zero_norm:
-            kernel = jnp.zeros_like(kernel)
+            kernel = jnp.asarray(np.zeros((*prefix, k, k, cin, cout), np.float32))
+        else:
+            kernel = he_normal(key_i, (k, k, cin, cout), prefix)
         params[f"conv{i}"] = {"kernel": kernel}
-        p, s = norm_init(spec.norm, cout if spec.order == "post" else cin, zero_scale=zero_norm)
+        p, s = norm_init(spec.norm, cout if spec.order == "post" else cin, zero_scale=zero_norm, prefix=prefix)
         if p:
             params[f"norm{i}"] = p
         if s:
             state[f"norm{i}"] = s
     if spec.projects:
-        params["proj_conv"] = {"kernel": he_normal_fan_out(keys[-1], (1, 1, spec.in_features, spec.out_features),
-                                                           jnp.float32)}
+        params["proj_conv"] = {"kernel": he_normal(keys[-1], (1, 1, spec.in_features, spec.out_features), prefix)}
         if spec.order == "post":  # in pre order the projection reads an already normalised input
-            p, s = norm_init(spec.norm, spec.out_features)
+            p, s = norm_init(spec.norm, spec.out_features, prefix=prefix)
             if p:
                 params["proj_norm"] = p
             if s:
                 state["proj_norm"] = s
     if spec.branch_scale:
-        params["branch_scale"] = jnp.zeros((), jnp.float32)
+        params["branch_scale"] = jnp.asarray(np.zeros(prefix, np.float32))
     return params, state
 
 
@@ -257,7 +297,7 @@ def residual_block(params: Params, state: State, x: jax.Array, spec: BlockSpec, 
 def stack_init(key: jax.Array, spec: BlockSpec, num_blocks: int) -> tuple[Params, State]:
     """``num_blocks`` independent block initialisations stacked on a new leading axis."""
     _check_stackable(spec, num_blocks)
-    return jax.vmap(lambda k: block_init(k, spec))(jax.random.split(key, num_blocks))
+    return block_init(key, spec, num_blocks)
 
 
 def residual_stack(params: Params, state: State, x: jax.Array, spec: BlockSpec, *, train: bool,
@@ -305,13 +345,13 @@ def mlp_block_init(key: jax.Array, features: int, hidden: int, *, norm: str = "l
     if norm not in ("layer", "rms"):
         raise ValueError(f"mlp_block_init: norm={norm!r}, expected 'layer' or 'rms'")
     k1, k2 = jax.random.split(key)
-    lecun = jax.nn.initializers.lecun_normal()
+    lecun = lecun_normal
     params: Params = {"norm": norm_init(norm, features)[0],
                       "dense1": {"kernel": lecun(k1, (features, hidden), jnp.float32),
-                                 "bias": jnp.zeros((hidden,), jnp.float32)},
-                      "dense2": {"kernel": (jnp.zeros((hidden, features), jnp.float32) if zero_init_last
+                                 "bias": jnp.asarray(np.zeros((hidden,), np.float32))},
+                      "dense2": {"kernel": (jnp.asarray(np.zeros((hidden, features), np.float32)) if zero_init_last
                                             else lecun(k2, (hidden, features), jnp.float32)),
-                                 "bias": jnp.zeros((features,), jnp.float32)}}
+                                 "bias": jnp.asarray(np.zeros((features,), np.float32))}}
     return params
 
 
