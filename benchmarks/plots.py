@@ -56,7 +56,7 @@ def plot_train(recs: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
     if not ok:
         return []
     models = sorted({r["name"] for r in ok}, key=report._model_key)
-    impls = report._ordered((r["impl"] for r in ok), ("rnlib", "reference_linen", "torch"))
+    impls = report._ordered((r["impl"] for r in ok), report.TRAIN_IMPL_ORDER)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models)), 4))
     width = 0.8 / len(impls)
     for k, impl in enumerate(impls):
@@ -91,9 +91,10 @@ def plot_compile(recs: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
         a1.plot([d for d, _, _ in pts], [c for _, c, _ in pts], marker="o", label=label)
         steps = [(d, t) for d, _, t in pts if t]
         a2.plot([d for d, _ in steps], [t * 1e3 for _, t in steps], marker="o", label=label)
+    a2.set_yscale("log")
+    a1.set_ylim(bottom=0)
     for ax, lab in ((a1, "compile seconds"), (a2, "train step (ms)")):
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel("depth (layers)")
         ax.set_ylabel(lab)
         ax.legend(fontsize=8)

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from benchmarks import harness
 
+TRAIN_IMPL_ORDER = ("rnlib", "rnlib_unrolled", "reference_linen", "torch")
 NORM_IMPL_ORDER = ("rnlib_pallas", "rnlib_xla", "jnp_reference", "flax_nnx", "flax_linen", "torch", "pallas_gpu_ln")
 
 
@@ -69,18 +70,21 @@ def norms_markdown(recs: list[dict]) -> str:
 
 
 def train_markdown(recs: list[dict]) -> str:
-    """Rows: model; columns: implementation, images/s (and step ms)."""
-    impls = _ordered((r["impl"] for r in recs), ("rnlib", "reference_linen", "torch"))
+    """Rows: model; columns: input shape, each implementation's examples/s (step ms), rnlib / reference time."""
+    impls = _ordered((r["impl"] for r in recs), TRAIN_IMPL_ORDER)
     rows = []
     for name in sorted({r["name"] for r in recs}, key=_model_key):
-        row = [name]
+        cells = {r["impl"]: r for r in recs if r["name"] == name}
+        row = [name, "x".join(map(str, next(iter(cells.values()))["shape"]))]
         for i in impls:
-            r = next((r for r in recs if r["name"] == name and r["impl"] == i), None)
+            r = cells.get(i)
             row.append("" if r is None else ("error" if r.get("time_s") is None else
                                              f"{r['images_per_s']:.0f} ({r['time_s'] * 1e3:.1f} ms)"))
+        ours, ref = (cells.get(k, {}).get("time_s") for k in ("rnlib", "reference_linen"))
+        row.append(_fmt(ours / ref if ours and ref else None))
         rows.append(row)
-    return "Training-step throughput, images (or sequences) per second (step time in ms)\n\n" + _table(
-        ["model"] + impls, rows)
+    return ("Training-step throughput, examples per second (step time in ms); last column: rnlib step time / "
+            "reference step time (lower is better)\n\n" + _table(["model", "input"] + impls + ["rnlib / ref"], rows))
 
 
 def compile_markdown(recs: list[dict]) -> str:
@@ -91,14 +95,18 @@ def compile_markdown(recs: list[dict]) -> str:
         row = [key[0], str(key[1])]
         for m in modes:
             r = next((r for r in recs if (r.get("family", ""), r["depth"]) == key and r["impl"] == m), None)
-            if r is None:
-                row.append("not run")
-            elif r.get("compile_s") is None:
-                row.append(r.get("note", "error"))
-            else:
-                row.append(f"{r['compile_s']:.1f} s / {_fmt(r['time_s'] and r['time_s'] * 1e3, '.1f')} ms")
+            row.append(_compile_cell(r))
         rows.append(row)
     return "Compile seconds / train-step ms vs depth\n\n" + _table(["model", "depth"] + modes, rows)
+
+
+def _compile_cell(r: dict | None) -> str:
+    if r is None:
+        return "not run"
+    if r.get("compile_s") is None:
+        return r.get("note", "error")
+    step = f"{r['time_s'] * 1e3:.1f} ms" if r.get("time_s") else "step not timed"
+    return f"{r['compile_s']:.1f} s / {step}"
 
 
 def _model_key(name: str) -> tuple:
@@ -138,7 +146,7 @@ def summary(suite: str, recs: list[dict]) -> tuple[str, list[str], list[list[str
         return ("norms: fraction of copy bandwidth (geometric mean over widths; higher is better)",
                 ["op", "dtype", "pass"] + impls, rows)
     if suite == "train":
-        impls = _ordered((r["impl"] for r in recs), ("rnlib", "reference_linen", "torch"))
+        impls = _ordered((r["impl"] for r in recs), TRAIN_IMPL_ORDER)
         rows = []
         for name in sorted({r["name"] for r in recs}, key=_model_key):
             cells = {r["impl"]: r.get("images_per_s") for r in recs if r["name"] == name}
@@ -148,6 +156,5 @@ def summary(suite: str, recs: list[dict]) -> tuple[str, list[str], list[list[str
     rows = []
     for key in sorted({(r.get("family", ""), r["depth"]) for r in recs}):
         cells = {r["impl"]: r for r in recs if (r.get("family", ""), r["depth"]) == key}
-        rows.append([key[0], str(key[1])] + [_fmt(cells[m].get("compile_s"), ".1f") if m in cells else "-"
-                                             for m in modes])
-    return "compile: seconds to lower + compile one train step", ["model", "depth"] + modes, rows
+        rows.append([key[0], str(key[1])] + [_compile_cell(cells.get(m)) for m in modes])
+    return "compile: seconds to lower + compile one train step / step time", ["model", "depth"] + modes, rows

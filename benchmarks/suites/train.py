@@ -145,7 +145,7 @@ def default_plan(quick: bool) -> list[Task]:
     """Quick (CPU): ResNet-20 at batch 32 and a small stack; full: ResNet-20/56/110 at batch 128, a larger stack."""
     accel = harness.platform() != "cpu"
     if quick and not accel:
-        depths, batch, timing = (20,), 32, {"warmup": 1, "min_runs": 3, "max_runs": 5, "target_s": 1.0}
+        depths, batch, timing = (20,), 32, {"warmup": 1, "min_runs": 3, "max_runs": 5, "target_s": 0.5}
         stack = (4, 256, (8, 128))
     else:
         depths, batch, timing = (20, 56, 110), 128, {"warmup": 2, "min_runs": 5, "max_runs": 50, "target_s": 3.0}
