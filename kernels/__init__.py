@@ -63,6 +63,9 @@ def norm_fwd(x: jax.Array, residual: jax.Array | None, scale: jax.Array | None, 
         raise ValueError(f"unsupported norm problem: x {x.shape} {x.dtype} on platform {platform!r}")
     if residual is not None and residual_dtype is None:
         residual_dtype = residual.dtype
+    if residual is not None and not {np.dtype(residual.dtype), np.dtype(residual_dtype)} <= set(_DTYPES):
+        raise ValueError(f"residual {residual.dtype} / residual_dtype {residual_dtype}: the kernels take "
+                         f"float32/bfloat16/float16 only")
     plan = plan_for(rows, width, x.dtype, platform)
     return norm_fwd_impl(x, residual, scale, bias, epsilon=float(epsilon), rms=bool(rms),
                          out_dtype=jnp.dtype(out_dtype if out_dtype is not None else x.dtype),
