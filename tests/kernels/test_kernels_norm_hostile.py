@@ -88,6 +88,9 @@ def test_supports_and_argument_checks():
     with pytest.raises(ValueError, match="residual"):
         K.norm_fwd(x, jnp.ones((4, 9)), None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
                    platform=GPU_PLATFORM)
+    with pytest.raises(ValueError, match="float32/bfloat16/float16"):
+        K.norm_fwd(x, x.astype(jnp.int32), None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
+                   platform=GPU_PLATFORM)
     with pytest.raises(ValueError, match="2-D"):
         K.norm_fwd(jnp.ones(8), None, None, None, epsilon=1e-6, rms=False, out_dtype=None, residual_dtype=None,
                    platform=GPU_PLATFORM)
