@@ -177,15 +177,17 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
             batch = dp.put_batch(ds.take("train", idx[dp.local_slice(len(idx))]), len(idx))
             state, m = train_step(state, batch)
             pending.append(m)
-            is_ckpt = ckpt is not None and (step % config.ckpt_every == 0 or step == config.steps)
-            if step % config.log_every == 0 or step == config.steps or is_ckpt:
+            last = step == config.steps
+            is_ckpt = ckpt is not None and (step % config.ckpt_every == 0 or last)
+            is_eval = bool(config.eval_every) and (step % config.eval_every == 0 or last)
+            if step % config.log_every == 0 or last or is_ckpt or is_eval:
                 ms = jax.device_get(pending)
                 pending = []
                 check_finite(state)
                 row = {"step": step, "loss": float(np.mean([x["loss"] for x in ms])),
                        "train_error": float(np.mean([x["error"] for x in ms])), "lr": float(schedule(step - 1)),
                        "time": round(elapsed_before + time.perf_counter() - t_start, 3)}
-                if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+                if is_eval:
                     acc, _ = evaluate(state, ds, "test", eval_step, dp, config.eval_batch_size)
                     row["test_error"] = 1.0 - acc
                 history.append(row)
@@ -213,5 +215,6 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
                  "train_loop_s": train_s, "resumed_from_step": start or None}
         write_json(os.path.join(config.out, "final.json"), final)
         if history:
-            plot_curves(history, os.path.join(config.out, "curves.png"), f"{config.model} on {ds.name}")
+            plot_curves(history, os.path.join(config.out, "curves.png"), f"{config.model} on {ds.name}",
+                        final_test_error=1.0 - test_acc)
     return result

@@ -40,8 +40,9 @@ def write_json(path: str, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
-    """Loss and error (%) against step; test error as points where it was measured."""
+def plot_curves(rows: list[dict[str, Any]], path: str, title: str = "",
+                final_test_error: float | None = None) -> None:
+    """Loss and error (%) against step; test error as points where it was measured (and at the end)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,6 +54,8 @@ def plot_curves(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     ax1.set(xlabel="step", ylabel="train loss", yscale="log")
     ax2.plot(steps, [100 * r["train_error"] for r in rows], lw=1, label="train (minibatch, augmented)")
     test = [(r["step"], 100 * r["test_error"]) for r in rows if "test_error" in r]
+    if final_test_error is not None and (not test or test[-1][0] != steps[-1]):
+        test.append((steps[-1], 100 * final_test_error))
     if test:
         ax2.plot(*zip(*test), "o-", ms=3, label="test")
     ax2.set(xlabel="step", ylabel="error (%)")
@@ -88,7 +91,10 @@ class Progress:
                 self._bar.start()
 
     def update(self, step: int, loss: float, error: float) -> None:
-        rate = (step - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
+        # Rate over the last interval: the first one includes compilation.
+        now = time.perf_counter()
+        rate = (step - self._s0) / max(now - self._t0, 1e-9)
+        self._t0, self._s0 = now, step
         if self._bar is not None:
             self._bar.update(self._task, completed=step, loss=f"{loss:.4f}", err=f"{100 * error:.2f}%",
                              rate=f"{rate:.1f}")

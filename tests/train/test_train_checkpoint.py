@@ -110,14 +110,16 @@ def test_corrupt_latest_falls_back_to_previous(digits, reference, tmp_path):
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path):
     ckpt = tmp_path / "ckpt"
-    cfg = TrainConfig(steps=200, ckpt_dir=str(ckpt), ckpt_every=2, out=str(tmp_path / "out"),
+    cfg = TrainConfig(steps=200, ckpt_dir=str(ckpt), ckpt_every=2, out=str(tmp_path / "out"), eval_every=3,
                       **{**BASE, "lr": 1e4, "log_every": 1})
     with pytest.raises(NonFiniteLossError) as e:
         fit(cfg, model_fn=tiny_model_fn, dataset=digits)
     bad = e.value.step
+    assert bad >= 4  # lr 1e4 diverges after a few steps (5 here), so the rows below are not vacuous
     assert f"non-finite (NaN/inf) at step {bad}" in str(e.value) and "last good checkpoint" in str(e.value)
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows) and rows[-1]["step"] == bad - 1
+    assert all(("test_error" in r) == (r["step"] % 3 == 0) for r in rows)  # eval_every between log steps
     good = Checkpointer(ckpt).latest_step()
     assert good is not None and good < bad
     state, _ = Checkpointer(ckpt).restore_latest(_template(digits, cfg))
@@ -131,3 +133,35 @@ def _template(digits, cfg):
     from rnlib.train import create_train_state, make_optimizer, make_schedule
     tx = make_optimizer("sgd", make_schedule(cfg.schedule, cfg.steps, cfg.lr))
     return create_train_state(tiny_model_fn(digits, nnx.Rngs(0)), tx, cfg.seed)
+
+
+def test_roundtrip_with_typed_rng_keys_in_model_state(tmp_path):
+    """A model holding nnx.Rngs (here Dropout's) checkpoints its typed PRNG key and counter exactly."""
+    from flax import nnx
+
+    from rnlib.train import create_train_state, init_module, make_optimizer, make_train_step
+
+    class Drop(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(64, 10, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(self.lin(x.reshape(x.shape[0], -1)))
+
+    model = init_module(Drop, 0)
+    tx = make_optimizer("sgd", 0.1)
+    state = create_train_state(model, tx, 0)
+    b = {"image": np.ones((4, 8, 8, 1), np.float32), "label": np.zeros(4, np.int32)}
+    state, _ = make_train_step()(state, b)
+    assert int(state.model_state["drop"]["rngs"]["count"]) == 1  # the dropout stream advanced
+    c = Checkpointer(tmp_path)
+    c.save(state, {"note": "x"})
+    c.close()
+    restored, extra = Checkpointer(tmp_path).restore_latest(create_train_state(model, tx, 0))
+    assert extra == {"note": "x"}
+    k0, k1 = restored.model_state["drop"]["rngs"]["key"], state.model_state["drop"]["rngs"]["key"]
+    assert jax.dtypes.issubdtype(k0.dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(k0), jax.random.key_data(k1))
+    jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
+    jax.tree.map(np.testing.assert_array_equal, restored.opt_state, state.opt_state)
