@@ -12,6 +12,7 @@ from flax import nnx
 
 from rnlib import ops
 from rnlib.nn.blocks import ResidualMLPStack
+from rnlib.ops.residual import lecun_normal
 
 
 class ResidualMLP(nnx.Module):
@@ -26,13 +27,13 @@ class ResidualMLP(nnx.Module):
             raise ValueError(f"{name}: in_features, num_classes, depth, width must be >= 1, got "
                              f"{in_features}, {num_classes}, {depth}, {width}")
         self.name, self.in_features, self.norm, self.epsilon = name, in_features, norm, epsilon
-        self.embed = nnx.Linear(in_features, width, rngs=rngs)
+        self.embed = nnx.Linear(in_features, width, kernel_init=lecun_normal, rngs=rngs)
         self.blocks = ResidualMLPStack(depth, width, hidden, norm=norm, epsilon=epsilon, activation=activation,
                                        zero_init_last=zero_init_last, scan=scan, remat=remat,
                                        remat_policy=remat_policy, rngs=rngs)
         self.final_scale = nnx.Param(jnp.ones((width,), jnp.float32))
         self.final_bias = nnx.Param(jnp.zeros((width,), jnp.float32)) if norm == "layer" else None
-        self.head = nnx.Linear(width, num_classes, rngs=rngs)
+        self.head = nnx.Linear(width, num_classes, kernel_init=lecun_normal, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim < 2 or x[0].size != self.in_features:
