@@ -13,6 +13,7 @@ Embedded default: scikit-learn digits at 8x8 (``--upsample 2`` for the 16x16 of 
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -71,19 +72,21 @@ def plot(results: dict, depths: list[int], path: str, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__.splitlines()[0], steps=500, seeds=1)
+    p = base_parser(__doc__.splitlines()[0], steps=600, seeds=1)
     p.add_argument("--depths", default="20,32,44,56", help="comma-separated CIFAR depths (6n+2)")
     p.add_argument("--archs", default="plain,resnet")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64, help="default 64 to fit the CPU budget; paper: 128")
     p.add_argument("--data", default="digits", choices=("digits", "cifar10"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--upsample", type=int, default=1, help="digits only: 1 -> 8x8 images, 2 -> 16x16")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other models' results already in OUT/degradation.json (run depths in parts)")
     args = p.parse_args(argv)
     from rnlib.train import load_cifar10, load_digits
 
     if args.full:
-        args.data, args.steps = "cifar10", max(args.steps, 64000)
+        args.data, args.steps, args.batch_size = "cifar10", max(args.steps, 64000), 128
     if args.data == "cifar10":
         if not args.data_dir:
             p.error("--data cifar10 needs --data-dir DIR holding data_batch_1..5 and test_batch")
@@ -92,6 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = load_digits(upsample=args.upsample)
     depths = [int(d) for d in args.depths.split(",")]
     results: dict = {}
+    json_path = os.path.join(args.out, "degradation.json")
+    previous_runs: list = []
+    if args.merge and os.path.exists(json_path):
+        with open(json_path) as f:
+            prev = json.load(f)
+        results.update(prev["results"])
+        previous_runs = prev.get("runs_merged", [prev["run"]])
     for d in depths:  # interleave plain/resnet so a cut-short run still has matched pairs
         for arch in args.archs.split(","):
             name = f"{arch}{d}"
@@ -99,9 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
                               log_every=args.log_every, quiet=args.quiet) for s in range(args.seeds)]
             results[name] = {"final_train_error": float(np.mean([r["final_train_error"] for r in runs])),
                              "final_test_error": float(np.mean([r["final_test_error"] for r in runs])),
-                             "runs": runs}
+                             "steps": args.steps, "batch_size": args.batch_size, "runs": runs}
     shape = "x".join(str(s) for s in dataset.image_shape)
-    out = {"experiment": "degradation", "run": run_info(args),
+    all_depths = sorted({int(k.removeprefix("plain").removeprefix("resnet")) for k in results})
+    results = {f"{a}{d}": results[f"{a}{d}"] for d in all_depths for a in ("plain", "resnet") if f"{a}{d}" in results}
+    out = {"experiment": "degradation", "run": run_info(args), "runs_merged": previous_runs + [run_info(args)],
            "setup": {"data": f"{dataset.name} {shape}, {dataset.size('train')} train / {dataset.size('test')} test",
                      "recipe": "rnlib.train.fit defaults: SGD 0.9, wd 1e-4, lr 0.1 /10 at 50%,75%, augmentation",
                      "steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds,
@@ -111,8 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
            "paper_cifar10_test_error": PAPER_CIFAR_TEST_ERROR,
            "results": results}
     os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "degradation.json"), out)
-    plot(results, depths, os.path.join(args.out, "degradation.png"),
+    write_json(json_path, out)
+    plot(results, all_depths, os.path.join(args.out, "degradation.png"),
          f"Degradation on {dataset.name} {shape}: {args.steps} steps, batch {args.batch_size}")
     return out
 

@@ -6,6 +6,12 @@ representation's overall statistics:
 * cards (N, T, 13) -> per-card MLP -> running (causal) sum over cards -> norm -> head -> running count (N, T)
 * images (N, H, W, 1) -> conv 3x3 + ReLU + conv 1x1 -> mean over pixels -> norm -> head -> edge count (N,)
 
+With ``encoder_bias=False`` (the default for images) the encoder is positively homogeneous, so pixels where a
+learned zero-sum filter sees no edge contribute nothing and the pooled vector is (edge count) x (average edge
+response): the count lives in the vector's scale, i.e. in its per-example mean and spread. With biases, flat
+regions contribute a constant vector and the count can also move the pooled vector's *direction*, which a norm
+keeps — the experiment measures both.
+
 A running sum of per-card embeddings grows with the number of cards; LayerNorm/RMSNorm divide that growth out
 (they are invariant to rescaling their input), StatsLayerNorm puts mean and log-std back, no norm keeps it.
 """
@@ -38,18 +44,20 @@ class PoolNormNet(nnx.Module):
         mean over H, W, output (N,)).
       norm: "none" | "layer" | "rms" | "stats".
       features: width of the pooled representation; hidden: width of the head's hidden layer.
+      encoder_bias: biases in the image encoder (default False, see the module docstring; cards always have them).
     """
 
     def __init__(self, task: str, norm: str, *, features: int = 64, hidden: int = 64, in_features: int | None = None,
-                 rngs: nnx.Rngs):
+                 encoder_bias: bool | None = None, rngs: nnx.Rngs):
         if task == "cards":
             d_in = in_features or 13
             self.encoder = nnx.Sequential(nnx.Linear(d_in, features, rngs=rngs), jax.nn.relu,
                                           nnx.Linear(features, features, rngs=rngs))
         elif task == "edges":
             d_in = in_features or 1
-            self.encoder = nnx.Sequential(nnx.Conv(d_in, features, (3, 3), rngs=rngs), jax.nn.relu,
-                                          nnx.Conv(features, features, (1, 1), rngs=rngs))
+            bias = False if encoder_bias is None else encoder_bias
+            self.encoder = nnx.Sequential(nnx.Conv(d_in, features, (3, 3), use_bias=bias, rngs=rngs), jax.nn.relu,
+                                          nnx.Conv(features, features, (1, 1), use_bias=bias, rngs=rngs))
         else:
             raise ValueError(f"task: expected 'cards' or 'edges', got {task!r}")
         self.task = task
