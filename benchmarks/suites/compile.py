@@ -65,5 +65,6 @@ def default_plan(quick: bool) -> list[Task]:
     if quick and not accel:
         return plan_compile(batch_size=8, timing={"warmup": 1, "min_runs": 1, "max_runs": 1, "target_s": 0.0},
                             compile_budget_s=60.0, step_budget_s=8.0)
-    return plan_compile(batch_size=128 if accel else 8, compile_budget_s=240.0 if not accel else 300.0,
-                        step_budget_s=60.0)
+    if quick:
+        return plan_compile(batch_size=128, compile_budget_s=60.0, step_budget_s=10.0)
+    return plan_compile(batch_size=128 if accel else 8, compile_budget_s=240.0, step_budget_s=60.0)

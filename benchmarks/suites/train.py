@@ -142,11 +142,15 @@ def stack_task(depth: int, features: int, tokens: tuple[int, int], timing: dict)
 
 
 def default_plan(quick: bool) -> list[Task]:
-    """Quick (CPU): ResNet-20 at batch 32 and a small stack; full: ResNet-20/56/110 at batch 128, a larger stack."""
+    """Quick: ResNet-20 at batch 32 and a small stack on CPU (ResNet-20/56 at batch 128 on accelerators); full:
+    ResNet-20/56/110 at batch 128 and a larger stack."""
     accel = harness.platform() != "cpu"
     if quick and not accel:
         depths, batch, timing = (20,), 32, {"warmup": 1, "min_runs": 3, "max_runs": 5, "target_s": 0.5}
         stack = (4, 256, (8, 128))
+    elif quick:
+        depths, batch, timing = (20, 56), 128, {"warmup": 2, "min_runs": 5, "max_runs": 50, "target_s": 1.0}
+        stack = (12, 1024, (32, 512))
     else:
         depths, batch, timing = (20, 56, 110), 128, {"warmup": 2, "min_runs": 5, "max_runs": 50, "target_s": 3.0}
         stack = (8, 512, (16, 256)) if not accel else (12, 1024, (32, 512))
