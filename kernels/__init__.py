@@ -50,8 +50,12 @@ def norm_fwd(x: jax.Array, residual: jax.Array | None, scale: jax.Array | None, 
 
     Args: x (R, W) f32/bf16/f16; residual (R, W) or None; scale, bias (W,) (float32) or None.
     Returns (y, h, mean, rstd): y (R, W) out_dtype; h = round_{residual_dtype}(x + residual) (R, W) or None when
-    residual is None; mean (R,) float32 (zeros for RMS); rstd (R,) float32 = rsqrt(var + epsilon).
-    Statistics are over h as stored (rounded) when residual is given, else over x.
+    residual is None; mean (R,) float32; rstd (R,) float32 = rsqrt(var + epsilon).
+    Statistics are over h as stored (rounded) when residual is given, else over x (call either h below).
+
+    The saved ``mean`` is *shifted*, as in rnlib.ops.norm_xla: for layer norm it is the mean of ``h - h[:, 0]``
+    (the row mean is ``h[:, 0] + mean``), so that rows with |mean| >> std (mean 1e4, std 1e-2) keep float32
+    precision; zeros for RMS (no shift). It is meant only for :func:`norm_bwd` of this backend.
     """
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (rows, width), got shape {tuple(x.shape)}")
@@ -76,7 +80,8 @@ def norm_bwd(dy: jax.Array, h: jax.Array, mean: jax.Array, rstd: jax.Array, scal
              dh_extra: jax.Array | None, *, rms: bool, has_bias: bool, dx_dtype, platform: str):
     """Backward of :func:`norm_fwd` given its saved (h, mean, rstd).
 
-    Args: dy (R, W); h (R, W) (x, or the new residual); mean, rstd (R,) float32; scale (W,) or None;
+    Args: dy (R, W); h (R, W) (x, or the new residual); mean, rstd (R,) float32 as returned by :func:`norm_fwd`
+    (mean shifted by h[:, 0] for layer norm: x_hat = ((h - h[:, 0]) - mean) * rstd); scale (W,) or None;
     dh_extra (R, W) or None: cotangent of the new residual, added into dx.
     Returns (dx (R, W) dx_dtype, dscale (W,) f32 or None if scale is None, dbias (W,) f32 or None if not has_bias).
     """

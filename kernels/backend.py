@@ -139,6 +139,16 @@ class Tile:
     def store_colvec(self, ref, val, idx=...) -> None:
         self._store(ref, idx, val, self.col_ok)
 
+    @staticmethod
+    def first_col(val: jax.Array) -> jax.Array:
+        """(block_rows, 1) column 0 of a whole-row tile (the layer-norm shift ``c = h[:, 0]``).
+
+        A select + row sum rather than ``val[:, :1]``: value slicing does not lower on Triton, while iota/where/sum
+        lower on Triton, Mosaic and in interpret mode. Only valid for tiles that start at column 0.
+        """
+        col = lax.broadcasted_iota(jnp.int32, val.shape, 1)
+        return jnp.sum(jnp.where(col == 0, val, 0.0), axis=1, keepdims=True)
+
     def where(self, val: jax.Array) -> jax.Array:
         """Zero the out-of-bounds elements (a select, so NaN/inf padding cannot leak)."""
         return val if self.valid is None else jnp.where(self.valid, val, 0.0)

@@ -1,12 +1,14 @@
 """Backward kernels: dx (plus the residual-stream cotangent) and deterministic dscale/dbias.
 
-With xhat = (h - mean) * rstd (mean = 0 for RMS) and g = dy * scale, per row:
+With xhat = ((h - c) - mean) * rstd and g = dy * scale, per row (c = h[:, 0] and mean the saved mean of h - c, see
+norm_fwd; c = mean = 0 for RMS):
     c1 = sum(g * xhat) / W,   c2 = sum(g) / W   (c2 = 0 for RMS)
     dx = rstd * (g - xhat * c1 - c2) + dh_extra
     dscale = sum_rows dy * xhat,   dbias = sum_rows dy
 Every backward program loops over ``plan.bwd_sub_blocks`` row tiles and writes one float32 partial row of
 dscale/dbias; a fixed-order sum over programs finishes them (no atomics: same bits every run).
-Chunked path: a first kernel writes per-chunk partial c1/c2 sums, XLA adds them, the dx kernel reads them.
+Chunked path: a first kernel writes per-chunk partial c1/c2 sums, XLA adds them, the dx kernel reads them; c comes
+from XLA as a (rows, 1) input there (a chunk past the first does not hold column 0), from the tile otherwise.
 """
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ from .heuristics import Plan
 F32 = jnp.float32
 
 
-def _load_xhat(t: Tile, idx, h_ref, mean_ref, rstd_ref, rms: bool):
+def _load_xhat(t: Tile, idx, h_ref, mean_ref, rstd_ref, c_ref, rms: bool):
     rstd = t.load_rowvec(rstd_ref, idx)
     h = t.load(h_ref, idx)
-    centred = h if rms else h - t.load_rowvec(mean_ref, idx)
-    return t.where(centred * rstd), rstd
+    if rms:
+        return t.where(h * rstd), rstd
+    c = t.load_rowvec(c_ref, idx) if c_ref is not None else t.first_col(h)
+    return t.where(((h - c) - t.load_rowvec(mean_ref, idx)) * rstd), rstd
 
 
 def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: bool, has_bias: bool,
@@ -37,6 +41,7 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
     dy_ref, h_ref = next(it), next(it)
     mean_ref = None if rms else next(it)
     rstd_ref = next(it)
+    shift_ref = next(it) if chunked and not rms else None
     scale_ref = next(it) if has_scale else None
     extra_ref = next(it) if has_extra else None
     c1_ref = next(it) if c_given else None
@@ -59,7 +64,7 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
     def body(s, acc):
         t = tile_at(s)
         idx = ... if sub == 1 else (pl.ds(s * br, br), slice(None))
-        xhat, rstd = _load_xhat(t, idx, h_ref, mean_ref, rstd_ref, rms)
+        xhat, rstd = _load_xhat(t, idx, h_ref, mean_ref, rstd_ref, shift_ref, rms)
         dy = t.where(t.load(dy_ref, idx))
         g = t.where(dy * scale) if has_scale else dy
         if c_given:
@@ -99,13 +104,14 @@ def _chunk_c_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_sca
     dy_ref, h_ref = next(it), next(it)
     mean_ref = None if rms else next(it)
     rstd_ref = next(it)
+    shift_ref = None if rms else next(it)
     scale_ref = next(it) if has_scale else None
     c1_ref = next(it)
     c2_ref = None if rms else next(it)
 
     t = Tile(plan.flavor, rows, width, pl.program_id(0) * plan.block_rows, pl.program_id(1) * plan.block_cols,
              plan.block_rows, plan.block_cols, rows % plan.block_rows != 0, width % plan.block_cols != 0)
-    xhat, _ = _load_xhat(t, ..., h_ref, mean_ref, rstd_ref, rms)
+    xhat, _ = _load_xhat(t, ..., h_ref, mean_ref, rstd_ref, shift_ref, rms)
     g = t.where(t.load(dy_ref))
     if has_scale:
         g = t.where(g * t.load_colvec(scale_ref))
@@ -120,6 +126,8 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
     has_scale, has_extra, chunked = scale is not None, dh_extra is not None, plan.chunked
     br, bc = plan.block_rows, plan.block_cols
     stats = ([] if rms else [mean.reshape(rows, 1).astype(F32)]) + [rstd.reshape(rows, 1).astype(F32)]
+    if chunked and not rms:  # the layer-norm shift c = h[:, 0], one value per row for all its chunks
+        stats.append(h[:, :1].astype(F32))
     params = [scale.astype(F32).reshape(1, width)] if has_scale else []
 
     c_in = []

@@ -1,14 +1,19 @@
 """Forward kernels: layer norm / RMS norm, optionally fused with the residual add.
 
 Maths per row of h (h = x, or h = round(x + residual) for the fused add; statistics use the rounded h):
-    mean = sum(h) / W                      (0 for RMS)
-    var  = max(sum((h - mean)^2) / W, 0)   (two passes over the on-chip row, float32; sum(h^2)/W for RMS)
+    s    = h - c,  c = h[:, 0]             (layer norm; s = h, no shift, for RMS)
+    mean = sum(s) / W                      (the *saved* mean: of s, not of h; 0 for RMS)
+    var  = max(sum((s - mean)^2) / W, 0)   (two passes over the on-chip row, float32; sum(h^2)/W for RMS)
     rstd = rsqrt(var + eps)
-    y    = (h - mean) * rstd * scale + bias
+    y    = (s - mean) * rstd * scale + bias
+The shift is for rows with |mean| >> std (mean 1e4, std 1e-2: a float32 mean of h is off by ~ulp(1e4) ~ 1e-3, 10%
+of the std, and so is y). h - c is exact for nearby values (Sterbenz), so the statistics of s keep full precision.
+The backward recomputes c = h[:, 0] and x_hat = (s - mean) * rstd: the same convention as rnlib.ops.norm_xla.
 
-Whole-row path: one kernel, grid over row tiles. Chunked path (rows wider than one block): a statistics kernel
-writes per-chunk (mean_c, M2_c) -- each chunk two-pass on chip -- (and h for the fused add); a tiny XLA step
-combines them exactly (Chan et al.: M2 = sum M2_c + sum n_c (mean_c - mean)^2); an apply kernel writes y.
+Whole-row path: one kernel, grid over row tiles; c comes from the tile itself. Chunked path (rows wider than one
+block): c (rows, 1) is computed in XLA (every chunk of a row must use the same shift) and passed in; a statistics
+kernel writes per-chunk (mean_c, M2_c) of s -- each chunk two-pass on chip -- (and h for the fused add); a tiny XLA
+step combines them exactly (Chan et al.: M2 = sum M2_c + sum n_c (mean_c - mean)^2); an apply kernel writes y.
 """
 from __future__ import annotations
 
@@ -43,12 +48,19 @@ def _load_h(t: Tile, x_ref, res_ref, h_ref):
     return h.astype(F32)
 
 
-def _row_stats(t: Tile, h, width: int, rms: bool):
-    """(mean, var) of each row, (block_rows, 1) float32, two-pass over the masked tile."""
+def _shift(t: Tile, h, c_ref, rms: bool):
+    """s = h - c (see module docstring): c read from ``c_ref`` (chunked) or column 0 of the whole-row tile."""
     if rms:
-        return None, jnp.sum(t.where(h * h), axis=1, keepdims=True) / width
-    mean = jnp.sum(t.where(h), axis=1, keepdims=True) / width
-    d = t.where(h - mean)
+        return h
+    return h - (t.load_rowvec(c_ref) if c_ref is not None else t.first_col(h))
+
+
+def _row_stats(t: Tile, s, width: int, rms: bool):
+    """(mean, var) of each row of s, (block_rows, 1) float32, two-pass over the masked tile."""
+    if rms:
+        return None, jnp.sum(t.where(s * s), axis=1, keepdims=True) / width
+    mean = jnp.sum(t.where(s), axis=1, keepdims=True) / width
+    d = t.where(s - mean)
     return mean, jnp.sum(d * d, axis=1, keepdims=True) / width
 
 
@@ -59,6 +71,7 @@ def _fwd_kernel(*refs, plan: Plan, rows: int, width: int, eps: float, rms: bool,
     res_ref = next(it) if has_res else None
     scale_ref = next(it) if has_scale else None
     bias_ref = next(it) if has_bias else None
+    c_in = next(it) if stats_given and not rms else None
     mean_in = next(it) if stats_given and not rms else None
     rstd_in = next(it) if stats_given else None
     y_ref = next(it)
@@ -67,17 +80,17 @@ def _fwd_kernel(*refs, plan: Plan, rows: int, width: int, eps: float, rms: bool,
     rstd_ref = next(it) if not stats_given else None
 
     t = _tile(plan, rows, width, chunked)
-    h = _load_h(t, x_ref, res_ref, h_ref)
+    s = _shift(t, _load_h(t, x_ref, res_ref, h_ref), c_in, rms)
     if stats_given:
         mean = None if rms else t.load_rowvec(mean_in)
         rstd = t.load_rowvec(rstd_in)
     else:
-        mean, var = _row_stats(t, h, width, rms)
+        mean, var = _row_stats(t, s, width, rms)
         rstd = lax.rsqrt(jnp.maximum(var, 0.0) + eps)
         if mean_ref is not None:
             t.store_rowvec(mean_ref, mean)
         t.store_rowvec(rstd_ref, rstd)
-    y = (h if rms else h - mean) * rstd
+    y = (s if rms else s - mean) * rstd
     if has_scale:
         y = y * t.load_colvec(scale_ref)
     if has_bias:
@@ -86,22 +99,23 @@ def _fwd_kernel(*refs, plan: Plan, rows: int, width: int, eps: float, rms: bool,
 
 
 def _chunk_stats_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_res: bool):
-    """Per (row tile, chunk): chunk mean and M2 about it (layer norm) or sum of squares (RMS)."""
+    """Per (row tile, chunk): chunk mean of s = h - c and M2 about it (layer norm) or sum of squares (RMS)."""
     it = iter(refs)
     x_ref = next(it)
     res_ref = next(it) if has_res else None
+    c_ref = None if rms else next(it)
     h_ref = next(it) if has_res else None
     mean_ref = None if rms else next(it)
     m2_ref = next(it)
 
     t = _tile(plan, rows, width, True)
-    h = _load_h(t, x_ref, res_ref, h_ref)
+    s = _shift(t, _load_h(t, x_ref, res_ref, h_ref), c_ref, rms)
     if rms:
-        t.store_rowvec(m2_ref, jnp.sum(t.where(h * h), axis=1, keepdims=True))
+        t.store_rowvec(m2_ref, jnp.sum(t.where(s * s), axis=1, keepdims=True))
         return
     n = jnp.minimum(width - pl.program_id(1) * plan.block_cols, plan.block_cols).astype(F32)
-    mean = jnp.sum(t.where(h), axis=1, keepdims=True) / n
-    d = t.where(h - mean)
+    mean = jnp.sum(t.where(s), axis=1, keepdims=True) / n
+    d = t.where(s - mean)
     t.store_rowvec(mean_ref, mean)
     t.store_rowvec(m2_ref, jnp.sum(d * d, axis=1, keepdims=True))
 
@@ -132,18 +146,19 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
     if chunked:  # pass 1: per-chunk statistics (and the new residual)
         n_stats = 1 if rms else 2
         part_shape = jax.ShapeDtypeStruct((plan.n_chunks, rows, 1), F32)
+        c = [] if rms else [_first_col_of_h(x, residual, h_dtype)]
         outs = pl.pallas_call(
             functools.partial(_chunk_stats_kernel, plan=plan, rows=rows, width=width, rms=rms, has_res=has_res),
             grid=grid,
-            in_specs=[tile] * (1 + has_res),
+            in_specs=[tile] * (1 + has_res) + [stat] * len(c),
             out_specs=[tile] * has_res + [part] * n_stats,
             out_shape=[jax.ShapeDtypeStruct((rows, width), h_dtype)] * has_res + [part_shape] * n_stats,
             name="rn_norm_fwd_stats", **kw,
-        )(x, *([residual] if has_res else []))
+        )(x, *([residual] if has_res else []), *c)
         if has_res:
             h, *outs = outs
         mean, rstd = _combine_chunk_stats(outs, width, plan, epsilon, rms)
-        stats_in = ([] if rms else [mean.reshape(rows, 1)]) + [rstd.reshape(rows, 1)]
+        stats_in = c + ([] if rms else [mean.reshape(rows, 1)]) + [rstd.reshape(rows, 1)]
         y = pl.pallas_call(
             functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=False,
                               has_scale=has_scale, has_bias=has_bias, stats_given=True, chunked=True),
@@ -177,6 +192,16 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
         h, *outs = outs
     mean = jnp.zeros((rows,), F32) if rms else outs[0].reshape(rows)
     return y, h, mean, outs[-1].reshape(rows)
+
+
+def _first_col_of_h(x, residual, h_dtype):
+    """(rows, 1) float32 shift c = h[:, 0] for the chunked path, bit-equal to the h the kernels use and write
+    (the fused add rounds x + residual in float32 to h_dtype, exactly as _load_h does): the backward recomputes
+    c from the saved h, so the two must agree to the bit."""
+    c = x[:, :1].astype(F32)
+    if residual is not None:
+        c = (c + residual[:, :1].astype(F32)).astype(h_dtype).astype(F32)
+    return c
 
 
 def _combine_chunk_stats(parts, width: int, plan: Plan, eps: float, rms: bool):
