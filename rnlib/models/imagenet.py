@@ -31,7 +31,8 @@ def imagenet_resnet(depth: int, *, plain: bool = False, preact: bool = False, no
     """An ImageNet ResNet-{18,34,50,101,152} (or its plain twin) for NHWC input of at least 32x32 (224 usual).
 
     ``shortcut`` "B" (torchvision: 1x1 projection + norm on a shape change) | "A" | "C"; ``plain`` drops them.
-    ``preact`` gives the pre-activation variant (stem conv-norm-ReLU-pool kept, final norm-ReLU added).
+    ``preact`` gives the pre-activation variant (stem conv-norm-ReLU-pool kept, final norm-ReLU added; unlike
+    the reference code, the first block still pre-activates its already normalised input, one extra norm).
     ``kw`` is forwarded to ``ResNet`` (zero_init_last, branch_scale, scan, remat, remat_policy, dtype, ...).
     """
     if depth not in IMAGENET_LAYOUTS:

@@ -97,7 +97,7 @@ class ResNet(nnx.Module):
                 h = stack(h)
         if self.final_norm is not None:
             h = self.final_norm(h)
-        return jnp.mean(h, axis=(1, 2))
+        return jnp.mean(h, axis=(1, 2), dtype=jnp.float32).astype(h.dtype)  # accumulate in float32
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes) for an NHWC float batch (N, H, W, in_features)."""

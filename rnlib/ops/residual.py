@@ -21,6 +21,7 @@ them under ``lax.scan`` so that the traced program, hence compile time, does not
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -97,12 +98,55 @@ class BlockSpec:
 
 # ----------------------------------------------------------------------------------------------- primitives
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-    """NHWC x HWIO -> NHWC convolution with torch-style symmetric padding k//2 (so 3x3/2 maps H to ceil(H/2))."""
-    k = kernel.shape[0]
-    pad = ((k // 2, k // 2), (k // 2, k // 2))
-    return lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), pad,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    pad = [(k // 2, k // 2) for k in kernel.shape[:2]]
+    return lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_canonical_vjp(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    return _conv(x, kernel, stride)
+
+
+def _conv_fwd(x, kernel, stride):
+    return _conv(x, kernel, stride), (x, kernel)
+
+
+def _conv_bwd(stride, res, g):
+    """Both cotangents as plain NHWC x HWIO convolutions over explicitly transposed operands.
+
+    Autodiff's transpose convolutions use permuted dimension numbers; inside a while loop (lax.scan) XLA:CPU
+    cannot re-layout them and falls back to a slow generic loop (measured ~50x for the kernel gradient).
+    """
+    x, kernel = res
+    (n, h, w, _), (kh, kw, _, _), (_, ho, wo, _) = x.shape, kernel.shape, g.shape
+    # dx: the stride-dilated cotangent convolved with the flipped kernel, in and out channels swapped.
+    pads = [(k - 1 - k // 2, size - (out - 1) * stride + k // 2 - 1) for k, size, out in ((kh, h, ho), (kw, w, wo))]
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+    # dkernel: channels of x as the batch, examples as the contraction, the cotangent as a dilated kernel.
+    pads = [(k // 2, k + (out - 1) * stride - size - k // 2) for k, size, out in ((kh, h, ho), (kw, w, wo))]
+    dk = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1), pads,
+                                  rhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+    return dx, dk.transpose(1, 2, 0, 3).astype(kernel.dtype)
+
+
+_conv_canonical_vjp.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, *, canonical_vjp: bool | None = None) -> jax.Array:
+    """NHWC x HWIO -> NHWC convolution with torch-style symmetric padding k//2 (so 3x3/2 maps H to ceil(H/2)).
+
+    ``canonical_vjp`` (default: on when the default backend is the CPU) computes the backward pass with plain
+    NHWC convolutions, which keeps XLA:CPU fast inside lax.scan; GPUs/TPUs keep autodiff's transpose rules.
+    """
+    kernel = kernel.astype(x.dtype)
+    if canonical_vjp is None:
+        canonical_vjp = jax.default_backend() == "cpu"
+    return _conv_canonical_vjp(x, kernel, stride) if canonical_vjp else _conv(x, kernel, stride)
 
 
 def norm_init(kind: str, features: int, *, zero_scale: bool = False,

@@ -256,3 +256,20 @@ def test_linen_block_equals_nnx_block():
     v = stack.init(jax.random.key(0), x, use_running_average=True)
     assert v["params"]["conv1"]["kernel"].shape == (3, 3, 3, 8, 8)
     assert isinstance(stack, nn.Module)
+
+
+@pytest.mark.parametrize("hw,k,stride", [((7, 8), 3, 2), ((8, 8), 1, 2), ((9, 6), 7, 2), ((5, 5), 3, 1)])
+def test_conv_canonical_vjp_equals_autodiff(hw, k, stride):
+    """The CPU backward pass (plain NHWC convolutions, fast inside lax.scan) equals autodiff's transpose rules."""
+    x = _x((2, *hw, 3), 1)
+    w = _x((k, k, 3, 5), 2)
+
+    @jax.jit
+    def grads(x, w):
+        return [jax.grad(lambda x, w: jnp.sum(jnp.sin(R.conv2d(x, w, stride, canonical_vjp=c))), (0, 1))(x, w)
+                for c in (True, False)]
+
+    (dx, dw), (dx_ref, dw_ref) = grads(x, w)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)
