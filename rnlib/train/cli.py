@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"norm": "layer"}\'')
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host: start one process per host with the "
+                        "same arguments; each feeds its slice of every global batch)")
     return p
 
 
@@ -58,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and not args.ckpt_dir:
         print("rnlib-train: --resume needs --ckpt-dir", file=sys.stderr)
         return 2
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()  # coordinator/process ids from the cluster environment (SLURM, TPU, ...)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:

@@ -154,11 +154,13 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
     train_step = make_train_step(config.precision, ds.augment if config.augment else None, parallel=dp)
     eval_step = make_eval_step(config.precision, parallel=dp)
 
-    if config.out:
+    writes = bool(config.out) and jax.process_index() == 0  # multi-host: process 0 writes the run's files
+    if writes:
         os.makedirs(config.out, exist_ok=True)
-    log = MetricsLog(os.path.join(config.out, "metrics.jsonl"), start if start else None) if config.out else None
+    log = MetricsLog(os.path.join(config.out, "metrics.jsonl"), start if start else None) if writes else None
     history: list[dict[str, Any]] = list(log.rows) if log else []
-    progress = Progress(config.steps, start, config.quiet, f"{config.model} {ds.name}")
+    progress = Progress(config.steps, start, config.quiet, f"{config.model} {ds.name}",
+                        enabled=jax.process_index() == 0)
     t_run = time.perf_counter()
 
     def check_finite(s: TrainState) -> None:
@@ -209,7 +211,7 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
         train_err = 1.0 - evaluate(state, ds, "train", eval_step, dp, config.eval_batch_size)[0]
     result = TrainResult(test_acc, train_err, int(state.step), params_sha256(state.params),
                          elapsed_before + time.perf_counter() - t_start, history, state)
-    if config.out:
+    if writes:
         final = {**result.summary(), "test_loss": test_loss, "model": config.model, "data": ds.name,
                  "seed": config.seed, "precision": config.precision, "devices": dp.num_devices,
                  "train_loop_s": train_s, "resumed_from_step": start or None}

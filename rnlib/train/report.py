@@ -72,10 +72,10 @@ def plot_curves(rows: list[dict[str, Any]], path: str, title: str = "",
 class Progress:
     """A rich progress bar (loss, error, steps/s), or plain log lines when `quiet` / rich is missing."""
 
-    def __init__(self, total: int, start: int, quiet: bool, description: str = "train"):
-        self.total, self.quiet, self._bar = total, quiet, None
+    def __init__(self, total: int, start: int, quiet: bool, description: str = "train", enabled: bool = True):
+        self.total, self.quiet, self._bar, self.enabled = total, quiet, None, enabled
         self._t0, self._s0, self._last_print = time.perf_counter(), start, 0.0
-        if not quiet:
+        if enabled and not quiet:
             try:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
                 from rich.progress import TimeElapsedColumn, TimeRemainingColumn
@@ -98,7 +98,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, loss=f"{loss:.4f}", err=f"{100 * error:.2f}%",
                              rate=f"{rate:.1f}")
-        elif time.perf_counter() - self._last_print > 10 or step == self.total:
+        elif self.enabled and (time.perf_counter() - self._last_print > 10 or step == self.total):
             self._last_print = time.perf_counter()
             print(f"step {step}/{self.total}  loss {loss:.4f}  train err {100 * error:.2f}%  {rate:.1f} steps/s",
                   file=sys.stderr, flush=True)

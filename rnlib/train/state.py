@@ -64,7 +64,7 @@ def init_module(factory: Callable[[nnx.Rngs], nnx.Module], seed: int) -> nnx.Mod
                 compiler_options={"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
         except Exception:  # an XLA without these options: fall back to the default pipeline
             compiled = None
-    state = (compiled or lowered.compile())()
+    state = (compiled if compiled is not None else lowered.compile())()
     return nnx.merge(graphdef, state)
 
 

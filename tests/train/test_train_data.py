@@ -133,3 +133,14 @@ def test_augment_is_a_zero_filled_shift_and_optional_flip():
         seen.update(matches)
     assert len({m[2] for m in seen}) == 2 and len({m[:2] for m in seen}) > 3  # both flips, several offsets
     np.testing.assert_array_equal(np.asarray(augment_batch(jax.random.key(0), x, Augment(0, False))), x)
+
+
+def test_fit_on_cifar_files(tmp_path):
+    """The CIFAR path end to end (fake files written here, a tiny model): shapes, augmentation and eval all run."""
+    from rnlib.train import TrainConfig, fit
+    from train_tinynet import tiny_model_fn
+
+    write_cifar(tmp_path / "c", n=8)
+    res = fit(TrainConfig(data="cifar10", data_dir=str(tmp_path / "c"), steps=3, batch_size=8, devices=1,
+                          quiet=True, eval_batch_size=16), model_fn=tiny_model_fn)
+    assert res.steps == 3 and 0.0 <= res.test_accuracy <= 1.0 and len(res.params_sha256) == 64

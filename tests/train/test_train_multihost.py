@@ -1,0 +1,58 @@
+"""Two processes under jax.distributed (CPU, gloo), each feeding its half of every batch, train exactly like one
+process over two devices."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from rnlib.train import TrainConfig, fit, load_digits
+from train_tinynet import tiny_model_fn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CFG = dict(data="digits", steps=6, batch_size=16, seed=5, schedule="constant", lr=0.05, quiet=True,
+           final_train_eval=False, log_every=1, eval_batch_size=128)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(len(jax.devices()) < 2, reason="the single-process reference needs 2 devices")
+def test_two_processes_match_one_process_two_devices(tmp_path):
+    port = free_port()
+    script = textwrap.dedent(f"""
+        import sys
+        import jax
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2,
+                                   process_id=int(sys.argv[1]))
+        sys.path.insert(0, {HERE!r})
+        from rnlib.train import TrainConfig, fit
+        from train_tinynet import tiny_model_fn
+        assert jax.process_count() == 2 and len(jax.local_devices()) == 1
+        fit(TrainConfig(out={str(tmp_path / 'out')!r}, **{CFG!r}), model_fn=tiny_model_fn)
+    """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=240)[0].decode())
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((tmp_path / "out" / "final.json").read_text())
+    ref = fit(TrainConfig(devices=2, **CFG), model_fn=tiny_model_fn, dataset=load_digits())
+    np.testing.assert_allclose([r["loss"] for r in rows], [h["loss"] for h in ref.history], rtol=1e-5)
+    assert final["test_accuracy"] == pytest.approx(ref.test_accuracy) and final["devices"] == 2
