@@ -25,6 +25,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two fresh processes compile everything (~45 s on a busy 2-core CPU)
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="the single-process reference needs 2 devices")
 def test_two_processes_match_one_process_two_devices(tmp_path):
     port = free_port()
