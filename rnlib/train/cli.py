@@ -34,12 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                    help="paper: lr/10 at 50%% and 75%% of the schedule horizon")
-    p.add_argument("--schedule-steps", type=int, default=None, help="schedule horizon (default: --steps)")
+    p.add_argument("--schedule-steps", type=int, default=None, help="schedule horizon (None: --steps)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup", action="store_true", help="lr 0.01 for the first 400/64000 of the run (ResNet-110)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="disable pad/crop/flip")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="disable the pad/crop(/flip) augmentation")
     p.add_argument("--out", default="runs/latest", help="writes metrics.jsonl, final.json, curves.png")
     p.add_argument("--ckpt-dir", default=None)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --ckpt-dir")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="test-set evaluation interval (0: end)")
-    p.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
+    p.add_argument("--devices", type=int, default=None, help="use the first N devices (None: all)")
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"norm": "layer"}\'')
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--distributed", action="store_true",

@@ -20,7 +20,8 @@ from rnlib.train.data import BatchLoader, Dataset, load_dataset
 from rnlib.train.report import MetricsLog, Progress, plot_curves, write_json
 from rnlib.train.schedules import make_optimizer, make_schedule
 from rnlib.train.sharding import DataParallel
-from rnlib.train.state import TrainState, create_train_state, init_module, make_eval_step, make_train_step, params_sha256
+from rnlib.train.state import (TrainState, create_train_state, init_module, make_eval_step, make_train_step,
+                               params_sha256)
 
 
 class NonFiniteLossError(FloatingPointError):
