@@ -25,12 +25,12 @@ PAPER_CIFAR_TEST_ERROR = {"resnet20": 0.0875, "resnet32": 0.0751, "resnet44": 0.
                           "resnet110": 0.0643}
 
 
-def train_one(name: str, dataset, *, steps: int, batch_size: int, seed: int, log_every: int, quiet: bool,
-              schedule_steps: int | None = None) -> dict:
+def train_one(name: str, dataset, *, steps: int, batch_size: int, lr: float, seed: int, log_every: int,
+              quiet: bool, schedule_steps: int | None = None) -> dict:
     from rnlib.train import TrainConfig, fit
 
-    cfg = TrainConfig(model=name, steps=steps, batch_size=batch_size, seed=seed, log_every=log_every, quiet=True,
-                      schedule_steps=schedule_steps, eval_batch_size=500)
+    cfg = TrainConfig(model=name, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log_every=log_every,
+                      quiet=True, schedule_steps=schedule_steps, eval_batch_size=500)
     t0 = time.perf_counter()
     res = fit(cfg, dataset=dataset)
     out = {"final_train_error": float(res.train_error), "final_test_error": 1.0 - float(res.test_accuracy),
@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--upsample", type=int, default=1, help="digits only: 1 -> 8x8 images, 2 -> 16x16")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate; default 0.1 * batch/128 (the paper's 0.1 at batch 128, linearly scaled)")
     p.add_argument("--merge", action="store_true",
                    help="keep the other models' results already in OUT/degradation.json (run depths in parts)")
+    p.add_argument("--merge-from", default="", help="comma-separated degradation.json files whose results to keep")
     args = p.parse_args(argv)
     from rnlib.train import load_cifar10, load_digits
 
@@ -93,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = load_cifar10(args.data_dir)
     else:
         dataset = load_digits(upsample=args.upsample)
-    depths = [int(d) for d in args.depths.split(",")]
+    if args.lr is None:
+        args.lr = 0.1 * args.batch_size / 128
+    depths = [int(d) for d in args.depths.split(",") if d]
     results: dict = {}
     json_path = os.path.join(args.out, "degradation.json")
     previous_runs: list = []
@@ -102,20 +107,26 @@ def main(argv: list[str] | None = None) -> dict:
             prev = json.load(f)
         results.update(prev["results"])
         previous_runs = prev.get("runs_merged", [prev["run"]])
+    for extra in [f for f in args.merge_from.split(",") if f]:
+        with open(extra) as f:
+            prev = json.load(f)
+        results.update(prev["results"])
+        previous_runs += prev.get("runs_merged", [prev["run"]])
     for d in depths:  # interleave plain/resnet so a cut-short run still has matched pairs
         for arch in args.archs.split(","):
             name = f"{arch}{d}"
-            runs = [train_one(name, dataset, steps=args.steps, batch_size=args.batch_size, seed=s,
+            runs = [train_one(name, dataset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=s,
                               log_every=args.log_every, quiet=args.quiet) for s in range(args.seeds)]
             results[name] = {"final_train_error": float(np.mean([r["final_train_error"] for r in runs])),
                              "final_test_error": float(np.mean([r["final_test_error"] for r in runs])),
-                             "steps": args.steps, "batch_size": args.batch_size, "runs": runs}
+                             "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "runs": runs}
     shape = "x".join(str(s) for s in dataset.image_shape)
     all_depths = sorted({int(k.removeprefix("plain").removeprefix("resnet")) for k in results})
     results = {f"{a}{d}": results[f"{a}{d}"] for d in all_depths for a in ("plain", "resnet") if f"{a}{d}" in results}
     out = {"experiment": "degradation", "run": run_info(args), "runs_merged": previous_runs + [run_info(args)],
            "setup": {"data": f"{dataset.name} {shape}, {dataset.size('train')} train / {dataset.size('test')} test",
-                     "recipe": "rnlib.train.fit defaults: SGD 0.9, wd 1e-4, lr 0.1 /10 at 50%,75%, augmentation",
+                     "recipe": f"rnlib.train.fit: SGD 0.9, wd 1e-4, lr {args.lr:g} (0.1 x batch/128) /10 at 50% and "
+                               "75% of the steps, translation augmentation", "lr": args.lr,
                      "steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds,
                      "train_error": "full training set, eval mode, no augmentation, after the last step"},
            "final_train_error": {k: v["final_train_error"] for k, v in results.items()},

@@ -24,19 +24,28 @@ from benchmarks.experiments.runner import base_parser, log, run_info, write_json
 from rnlib.diagnostics import correlation_length, gradient_autocorrelation, grad_norms, ordered_values
 
 LAGS = (1, 2, 4, 8, 16, 32)
+BN_BATCH_NOTE = ("BatchNorm runs in training mode on a batch made of a reference batch from the data distribution "
+                 "(256 random inputs / training images) plus the 256 line points (--bn-batch data), or of the line "
+                 "alone (--bn-batch line; then BN rescales the line's own small variation to unit variance at every "
+                 "layer). Gradients are those of the line points' outputs.")
 
 
 @lru_cache(maxsize=None)
 def _mlp_fns(arch: str, norm: str):
     """Jitted (line gradients, loss gradients) for one architecture; reused across depths/seeds of equal shape."""
     f = lambda p, x: apply_mlp(p, x, arch=arch, norm=norm)  # noqa: E731
-    line_grad = jax.jit(jax.grad(lambda x, p: jnp.sum(f(p, x))))  # batched: BatchNorm sees the whole line
+
+    def line_sum(x, ref, p):
+        # BatchNorm statistics come from the reference rows plus the line (see BN_BATCH_NOTE)
+        return jnp.sum(f(p, jnp.concatenate([ref, x]))[ref.shape[0]:])
+
+    line_grad = jax.jit(jax.grad(line_sum))
     loss_grad = jax.jit(jax.grad(lambda p, x, y: 0.5 * jnp.mean((f(p, x) - y) ** 2)))
     return line_grad, loss_grad
 
 
 def measure_mlp(arch: str, norm: str, depth: int, seed: int, *, width: int, d_in: int, points: int,
-                max_lag: int) -> dict:
+                max_lag: int, bn_batch: str = "data") -> dict:
     k_p, k_x0, k_v, k_b, k_y = jax.random.split(jax.random.PRNGKey(seed), 5)
     params = init_mlp(k_p, depth, width=width, in_features=d_in)
     line_grad, loss_grad = _mlp_fns(arch, norm)
@@ -44,9 +53,10 @@ def measure_mlp(arch: str, norm: str, depth: int, seed: int, *, width: int, d_in
     v = jax.random.normal(k_v, (d_in,)) / np.sqrt(d_in)
     ts = jnp.linspace(-2.0, 2.0, points)
     xs = x0[None] + ts[:, None] * v[None]
-    g = np.asarray(line_grad(xs, params), np.float64)
-    acf = gradient_autocorrelation(g, max_lag)
     xb = jax.random.normal(k_b, (points, d_in))
+    ref = xb if bn_batch == "data" else xb[:0]
+    g = np.asarray(line_grad(xs, ref, params), np.float64)
+    acf = gradient_autocorrelation(g, max_lag)
     yb = jax.random.normal(k_y, (points,))
     gp = loss_grad(params, xb, yb)
     per_layer = ordered_values(grad_norms({"layers": gp["layers"]}, group="leaf", unstack=lambda p: 1))
@@ -57,15 +67,15 @@ def measure_mlp(arch: str, norm: str, depth: int, seed: int, *, width: int, d_in
             "finite": bool(np.all(np.isfinite(g)) and np.all(np.isfinite(per_layer)))}
 
 
-def part_a(depths, seeds, *, width=128, d_in=16, points=256, max_lag=64, quiet=False) -> dict:
+def part_a(depths, seeds, *, width=128, d_in=16, points=256, max_lag=64, bn_batch="data", quiet=False) -> dict:
     out: dict = {}
     for arch in ARCHS:
         for norm in MLP_NORMS:
             key = f"{arch}/{norm}"
             out[key] = {}
             for depth in depths:
-                runs = [measure_mlp(arch, norm, depth, s, width=width, d_in=d_in, points=points, max_lag=max_lag)
-                        for s in range(seeds)]
+                runs = [measure_mlp(arch, norm, depth, s, width=width, d_in=d_in, points=points, max_lag=max_lag,
+                                    bn_batch=bn_batch) for s in range(seeds)]
                 acf = np.mean([r["acf"] for r in runs], axis=0)
                 out[key][str(depth)] = {
                     "acf_mean": acf.tolist(),
@@ -95,7 +105,7 @@ def _conv_layer_order(norms: dict[str, float]) -> list[str]:
     return order + ["head/kernel"]
 
 
-def part_b(names, seeds, *, points=256, max_lag=64, upsample=1, quiet=False) -> dict:
+def part_b(names, seeds, *, points=256, max_lag=64, upsample=1, bn_batch="data", quiet=False) -> dict:
     """Init-time shattering and per-layer gradient norms of the experiment-1 nets on digits (train-mode BN)."""
     from flax import nnx
 
@@ -117,13 +127,19 @@ def part_b(names, seeds, *, points=256, max_lag=64, upsample=1, quiet=False) -> 
             gdef, state = nnx.split(model)
 
             @jax.jit
-            def line_grad(xs, state):
-                # merge inside the innermost trace: BatchNorm writes its batch statistics there
-                return jax.grad(lambda z, st: jnp.sum(nnx.merge(gdef, st, copy=True)(z) @ w))(xs, state)
+            def line_grad(xs, ref, state):
+                # merge inside the traced function (copy=True): BatchNorm writes its batch statistics there
+                def f(z, st):
+                    logits = nnx.merge(gdef, st, copy=True)(jnp.concatenate([ref, z]))
+                    return jnp.sum(logits[ref.shape[0]:] @ w)
+
+                return jax.grad(f)(xs, state)
 
             ts = jnp.linspace(-2.0, 2.0, points).reshape(-1, 1, 1, 1)
             xs = (a + b)[None] / 2 + ts * ((b - a) / 4)[None]  # t = -2 .. 2 walks from image a to image b
-            g = np.asarray(line_grad(xs, state), np.float64)
+            ref = ds.take("train", rng.choice(ds.size("train"), points if bn_batch == "data" else 0,
+                                              replace=False))["image"]
+            g = np.asarray(line_grad(xs, jnp.asarray(ref), state), np.float64)
             acf = gradient_autocorrelation(g, max_lag)
             batch = ds.take("train", rng.choice(ds.size("train"), 128, replace=False))
 
@@ -185,12 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--depths", default="2,4,8,16,32,64,128")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--nets", default="plain20,plain56,resnet20,resnet56", help="part B models ('' to skip)")
+    p.add_argument("--seeds-b", type=int, default=2, help="seeds for part B (default 2)")
+    p.add_argument("--bn-batch", default="data", choices=("data", "line"), help=BN_BATCH_NOTE)
+    p.add_argument("--name", default="shattered_gradients", help="basename of the JSON/PNG written to --out")
     args = p.parse_args(argv)
     depths = [int(d) for d in args.depths.split(",")]
     t0 = time.perf_counter()
-    a = part_a(depths, args.seeds, width=args.width, quiet=args.quiet)
+    a = part_a(depths, args.seeds, width=args.width, bn_batch=args.bn_batch, quiet=args.quiet)
     nets = [n for n in args.nets.split(",") if n]
-    b = part_b(nets, args.seeds, quiet=args.quiet) if nets else {}
+    b = part_b(nets, args.seeds_b, bn_batch=args.bn_batch, quiet=args.quiet) if nets else {}
     out = {"experiment": "shattered_gradients", "run": run_info(args),
            "setup": {"part_a": f"ReLU MLPs width {args.width}, input dim 16, He init, depths {depths}, "
                                f"{args.seeds} seeds; line x0 + t v, t in [-2, 2], 256 points, x0 ~ N(0, I), "
@@ -198,11 +217,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "part_b": "rnlib.models CIFAR nets (BatchNorm, train mode), digits 8x8, line between two "
                                "training images (256 points), random read-out of the logits; conv grad norms of "
                                "cross-entropy on a batch of 128",
-                     "acf": "rnlib.diagnostics.gradient_autocorrelation (centered), lags 0..64"},
+                     "acf": "rnlib.diagnostics.gradient_autocorrelation (centered), lags 0..64",
+                     "bn_batch": args.bn_batch, "bn_note": BN_BATCH_NOTE},
            "part_a": a, "part_b": b, "wall_s": time.perf_counter() - t0}
     os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "shattered_gradients.json"), out)
-    plot(a, b, depths, os.path.join(args.out, "shattered_gradients.png"))
+    write_json(os.path.join(args.out, f"{args.name}.json"), out)
+    plot(a, b, depths, os.path.join(args.out, f"{args.name}.png"))
     return out
 
 

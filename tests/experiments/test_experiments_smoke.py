@@ -73,7 +73,7 @@ def test_degradation_smoke(tmp_path):
 
 
 def test_shattered_gradients_smoke(tmp_path):
-    shattered_gradients.main(["--seeds", "1", "--depths", "8", "--width", "16", "--nets", "plain8",
+    shattered_gradients.main(["--seeds", "1", "--seeds-b", "1", "--depths", "8", "--width", "16", "--nets", "plain8",
                               "--out", str(tmp_path), "--quiet"])
     out = _load(tmp_path / "shattered_gradients.json")
     a = out["part_a"]
