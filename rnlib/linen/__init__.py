@@ -1,4 +1,7 @@
 """rnlib.linen: Flax linen modules (thin wrappers over rnlib.ops)."""
+from rnlib.linen.blocks import BottleneckBlock, ResidualBlock, ResidualMLPBlock, ResidualStack
 from rnlib.linen.norms import AddNorm, LayerNorm, RMSNorm, StatsLayerNorm
+from rnlib.linen.rnn import LayerNormGRUCell, LayerNormLSTMCell
 
-__all__ = ["LayerNorm", "RMSNorm", "AddNorm", "StatsLayerNorm"]
+__all__ = ["LayerNorm", "RMSNorm", "AddNorm", "StatsLayerNorm", "ResidualBlock", "BottleneckBlock", "ResidualStack",
+           "ResidualMLPBlock", "LayerNormLSTMCell", "LayerNormGRUCell"]
