@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable
@@ -173,6 +174,8 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
             raise NonFiniteLossError(bad, f"training stopped: the loss became non-finite (NaN/inf) at step {bad}; "
                                           f"{where}. Try a lower --lr or --precision f32.")
 
+    # For the checkpoint's metadata; model_kwargs may hold non-JSON values (e.g. a dtype), kept as their str().
+    config_json = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     pending: list[dict[str, jax.Array]] = []
     try:
         for step in range(start + 1, config.steps + 1):
@@ -199,7 +202,7 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
                 progress.update(step, row["loss"], row["train_error"])
             if is_ckpt:
                 ckpt.save(state, {"data": loader.state_dict(), "elapsed_s": elapsed_before + time.perf_counter()
-                                  - t_start, "config": dataclasses.asdict(config)})
+                                  - t_start, "config": config_json})
     finally:
         progress.close()
         if ckpt is not None:
