@@ -11,9 +11,10 @@ of the std, and so is y). h - c is exact for nearby values (Sterbenz), so the st
 The backward recomputes c = h[:, 0] and x_hat = (s - mean) * rstd: the same convention as rnlib.ops.norm_xla.
 
 Whole-row path: one kernel, grid over row tiles; c comes from the tile itself. Chunked path (rows wider than one
-block): c (rows, 1) is computed in XLA (every chunk of a row must use the same shift) and passed in; a statistics
-kernel writes per-chunk (mean_c, M2_c) of s -- each chunk two-pass on chip -- (and h for the fused add); a tiny XLA
-step combines them exactly (Chan et al.: M2 = sum M2_c + sum n_c (mean_c - mean)^2); an apply kernel writes y.
+block): c (rows, 1) is computed in XLA (every chunk of a row must use the same shift; see _row_shift for the fused
+add) and passed in; a statistics kernel writes per-chunk (mean_c, M2_c) of s -- each chunk two-pass on chip -- (and
+h for the fused add); a tiny XLA step combines them exactly (Chan et al.: M2 = sum M2_c + sum n_c (mean_c - mean)^2);
+an apply kernel writes y.
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
     if chunked:  # pass 1: per-chunk statistics (and the new residual)
         n_stats = 1 if rms else 2
         part_shape = jax.ShapeDtypeStruct((plan.n_chunks, rows, 1), F32)
-        c = [] if rms else [_first_col_of_h(x, residual, h_dtype)]
+        c = [] if rms else [_row_shift(x, residual)]
         outs = pl.pallas_call(
             functools.partial(_chunk_stats_kernel, plan=plan, rows=rows, width=width, rms=rms, has_res=has_res),
             grid=grid,
@@ -158,6 +159,9 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
         if has_res:
             h, *outs = outs
         mean, rstd = _combine_chunk_stats(outs, width, plan, epsilon, rms)
+        if has_res and not rms:  # re-anchor on h[:, 0] as written, the shift the backward recomputes from h
+            c_h = h[:, :1].astype(F32)
+            mean, c = mean + (c[0] - c_h)[:, 0], [c_h]  # a difference of nearby floats: exact (Sterbenz)
         stats_in = c + ([] if rms else [mean.reshape(rows, 1)]) + [rstd.reshape(rows, 1)]
         y = pl.pallas_call(
             functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=False,
@@ -194,14 +198,12 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
     return y, h, mean, outs[-1].reshape(rows)
 
 
-def _first_col_of_h(x, residual, h_dtype):
-    """(rows, 1) float32 shift c = h[:, 0] for the chunked path, bit-equal to the h the kernels use and write
-    (the fused add rounds x + residual in float32 to h_dtype, exactly as _load_h does): the backward recomputes
-    c from the saved h, so the two must agree to the bit."""
+def _row_shift(x, residual):
+    """(rows, 1) float32 shift for the chunked statistics: h[:, 0] without a residual; x[:, 0] + residual[:, 0]
+    (unrounded) for the fused add, re-anchored on the written h[:, 0] afterwards. Reproducing h's rounding here
+    would be fragile: XLA may drop a float32 -> bf16 -> float32 round trip (xla_allow_excess_precision)."""
     c = x[:, :1].astype(F32)
-    if residual is not None:
-        c = (c + residual[:, :1].astype(F32)).astype(h_dtype).astype(F32)
-    return c
+    return c if residual is None else c + residual[:, :1].astype(F32)
 
 
 def _combine_chunk_stats(parts, width: int, plan: Plan, eps: float, rms: bool):

@@ -2,7 +2,8 @@
 
 Not a test (the assertions live in test_kernels_norm_hostile.py): a table of max abs error / natural scale of
 y, dx, dscale, dbias for layer norm and the fused add, float32 and bfloat16, whole-row and chunked plans, on the
-GPU-flavour (interpret) and TPU-interpret kernels. (In bfloat16, 1e4 + 1e-2 noise rounds to constant rows.) Run: ``python tests/kernels/kernels_norm_hostile_report.py``.
+GPU-flavour (interpret) and TPU-interpret kernels. (In bfloat16, 1e4 + 1e-2 noise rounds to constant rows.)
+Run: ``python tests/kernels/kernels_norm_hostile_report.py``.
 """
 from __future__ import annotations
 
