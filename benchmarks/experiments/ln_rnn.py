@@ -6,7 +6,7 @@ so the baseline is the same cell minus the norms) on scikit-learn digits read as
 the last hidden state -> linear classifier; Adam, cross-entropy, several seeds. Measured: steps until the
 smoothed training loss first falls below a target, and final test accuracy.
 
-    python -m benchmarks.experiments.ln_rnn [--steps 800] [--seeds 3] [--task pixels|rows|permuted] [--out DIR]
+    python -m benchmarks.experiments.ln_rnn [--steps 600] [--seeds 3] [--task pixels|rows|permuted] [--out DIR]
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def plot(results: dict, path: str, title: str, target: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__.splitlines()[0], steps=800, seeds=3)
+    p = base_parser(__doc__.splitlines()[0], steps=600, seeds=3)
     p.add_argument("--task", default="pixels", choices=("pixels", "rows", "permuted"))
     p.add_argument("--cells", default=",".join(CELLS))
     p.add_argument("--hidden", type=int, default=64)

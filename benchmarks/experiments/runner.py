@@ -38,8 +38,9 @@ def run_info(args: argparse.Namespace | None = None) -> dict[str, Any]:
     dev = jax.devices()[0]
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python -m " + (sys.argv[0].split("benchmarks/")[-1].replace("/", ".").removesuffix(".py")
-                                   if "benchmarks/" in sys.argv[0] else sys.argv[0]) + " " + " ".join(sys.argv[1:]),
+        "command": "python -m " + ("benchmarks." + sys.argv[0].rsplit("benchmarks/", 1)[-1].replace("/", ".")
+                                   .removesuffix(".py") if "benchmarks/" in sys.argv[0] else sys.argv[0])
+                   + " " + " ".join(sys.argv[1:]),
         "args": vars(args) if args is not None else None,
         "jax": jax.__version__,
         "backend": jax.default_backend(),

@@ -5,7 +5,7 @@ Hi-Lo card count (grows with the number of cards summed) and the number of edges
 encoder -> pool -> norm -> head model (stats_models.py) with no norm, LayerNorm, RMSNorm and rnlib's
 StatsLayerNorm; Adam, MSE on the count; test RMSE and exact accuracy (rounded prediction == label).
 
-    python -m benchmarks.experiments.stats_loss [--steps 1500] [--seeds 2] [--full] [--out DIR]
+    python -m benchmarks.experiments.stats_loss [--steps 1000] [--seeds 2] [--full] [--out DIR]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from benchmarks.experiments.runner import base_parser, batches_from, fit_arrays,
 from benchmarks.experiments.stats_models import NORMS, PoolNormNet
 
 TASKS = ("cards", "edges", "edges_bias")  # edges_bias: the image encoder with biases (see stats_models.py)
-DEFAULT_TASKS = ("cards", "edges")
+DEFAULT_TASKS = TASKS
 
 
 def make_data(task: str, seed: int, n: int) -> dict[str, np.ndarray]:
@@ -113,7 +113,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__.splitlines()[0], steps=1500, seeds=2)
+    p = base_parser(__doc__.splitlines()[0], steps=1000, seeds=2)
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"any of {TASKS}")
     p.add_argument("--norms", default=",".join(NORMS))
     p.add_argument("--batch-size", type=int, default=64)
