@@ -2,8 +2,8 @@
 
 * ResNet-20/56/110 on a synthetic CIFAR-shaped batch (B, 32, 32, 3), float32, SGD momentum 0.9 + weight decay:
   rnlib = ``rnlib.models.build("resnetN", shortcut="B")`` (projection shortcuts, like the reference) stepped by
-  ``rnlib.train.make_train_step``; rnlib_unrolled = the same with ``scan=False`` (XLA:CPU runs convolutions inside
-  a while loop far slower, jax-ml/jax#12868, so the scanned default can lose on CPU); reference_linen = ``benchmarks/reference/resnet_linen.py`` (the Flax ImageNet
+  ``rnlib.train.make_train_step``; rnlib_unrolled = the same with ``scan=False`` (XLA:CPU has run convolutions
+  inside a while loop far slower, jax-ml/jax#12868, which this pair keeps an eye on); reference_linen = ``benchmarks/reference/resnet_linen.py`` (the Flax ImageNet
   example's modules and train step); torch = the same network in eager PyTorch when torch is installed.
 * A transformer-style pre-norm residual MLP stack on tokens (B, T, d): rnlib = the stack on ``rnlib.linen.AddNorm``
   (fused residual add + layer norm) vs reference_linen = the same stack on ``flax.linen.LayerNorm`` + add.
