@@ -27,7 +27,7 @@ def test_stats_loss_smoke(tmp_path):
     stats_loss.main(["--steps", "4", "--seeds", "1", "--n-train", "128", "--batch-size", "32",
                      "--norms", "stats", "--out", str(tmp_path), "--quiet"])
     res = _load(tmp_path / "stats_loss.json")["results"]
-    assert set(res) == {"cards", "edges"} and set(res["cards"]) == {"stats"}
+    assert set(res) == {"cards", "edges", "edges_bias"} and set(res["cards"]) == {"stats"}
     s = res["edges"]["stats"]["summary"]
     assert np.isfinite(s["test_rmse"]["mean"]) and 0 <= s["test_accuracy"]["mean"] <= 1
     assert (tmp_path / "stats_loss.png").stat().st_size > 0
