@@ -2,13 +2,10 @@
 
 Each test runs the experiment script itself and checks the claim on what it measured; nothing is hard-coded.
 """
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from benchmarks.experiments import degradation, ln_rnn, shattered_gradients, stats_loss  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,6 @@
 The real runs are `python -m benchmarks.experiments.<name>` (see docs/EXPERIMENTS.md) and the slow tests below.
 """
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +10,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from benchmarks.experiments import degradation, ln_rnn, shattered_gradients, stats_loss  # noqa: E402
 from benchmarks.experiments.deep_mlps import apply_mlp, init_mlp  # noqa: E402
 from benchmarks.experiments.stats_models import PoolNormNet  # noqa: E402

@@ -1,12 +1,8 @@
 """Task generators: labels correct by construction, seeded, well-formed."""
-import os
-import sys
 
 import numpy as np
 import pytest
 
-# benchmarks/ is a folder at the repository root, not an installed package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from benchmarks.experiments.tasks import HI_LO, card_counting, edge_density
 
 
