@@ -128,8 +128,10 @@ def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Arra
     split = lambda a: None if a is None else a.reshape((n, block) + a.shape[1:])
 
     def one(args):
-        return _bwd_block(*args[:4], scale, args[4], rms, has_bias, dx_dtype)
+        # dx leaves the loop in float32: a 16-bit stacked output made XLA:CPU copy the whole buffer on
+        # every iteration (time quadratic in rows); the one cast below is a single pass.
+        return _bwd_block(*args[:4], scale, args[4], rms, has_bias, mean.dtype)
     dx, dscale, dbias = lax.map(one, (split(dy), split(h), split(mean), split(rstd), split(dh_extra)))
     # per-block float32 partials, then one small deterministic reduction
-    return (dx.reshape(rows, width), None if dscale is None else jnp.sum(dscale, axis=0),
+    return (dx.reshape(rows, width).astype(dx_dtype), None if dscale is None else jnp.sum(dscale, axis=0),
             None if dbias is None else jnp.sum(dbias, axis=0))
