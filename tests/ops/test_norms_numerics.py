@@ -165,9 +165,10 @@ def test_output_and_residual_dtypes():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("rows,width", [(999, 256), (1024, 1024)])
-def test_cpu_row_blocked_backward(kind, rows, width):
+@pytest.mark.parametrize("rows,width,dtype", [(999, 256, jnp.float32), (1024, 1024, jnp.float32),
+                                              (999, 256, jnp.bfloat16)])
+def test_cpu_row_blocked_backward(kind, rows, width, dtype):
     """Enough rows that the CPU backward runs block by block (rnlib.ops.norm_xla._cpu_block_rows)."""
     from rnlib.ops.norm_xla import _cpu_block_rows
     assert 1 < _cpu_block_rows(rows, width) < rows
-    _check(kind, *_data(rows, width, jnp.float32, seed=rows), dtype=jnp.float32)
+    _check(kind, *_data(rows, width, dtype, seed=rows), dtype=dtype)
