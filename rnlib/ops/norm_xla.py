@@ -84,23 +84,11 @@ def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: 
     return y.astype(out_dtype), h, mean, rstd
 
 
-# On CPU the backward runs over blocks of rows of about this many bytes (float32), so that its several
-# passes over a block (row sums for dx, column sums for dscale/dbias) hit cache instead of memory: measured
-# ~1.7-2x faster than one whole-array XLA:CPU fusion at 4096x1024 and 8192x4096 (benchmarks/norm_ratios.py).
-_CPU_BLOCK_BYTES = 128 * 1024
-
-
-def _cpu_block_rows(rows: int, width: int) -> int:
-    """Rows per block on CPU: the largest divisor of ``rows`` near the byte target; 0 means don't block."""
-    target = max(1, _CPU_BLOCK_BYTES // (4 * width))
-    if rows < 2 * target:
-        return 0
-    best = max(d for d in range(1, target + 1) if rows % d == 0)
-    return best if 4 * best >= target else 0
-
-
-def _bwd_block(dy, h, mean, rstd, scale, dh_extra, rms, has_bias, dx_dtype):
-    """Backward of one block of rows: ``(dx, dscale partial, dbias partial)``."""
+def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Array],
+             dh_extra: Optional[Array], *, rms: bool, has_bias: bool, dx_dtype: Any,
+             platform: str = "cpu") -> tuple[Array, Optional[Array], Optional[Array]]:
+    """Return ``(dx, dscale, dbias)`` for the forward above; ``dscale``/``dbias`` in the statistics dtype."""
+    del platform
     cdt = mean.dtype
     dyf = dy.astype(cdt)
     xhat = x_hat(h, mean, rstd, rms)
@@ -114,24 +102,3 @@ def _bwd_block(dy, h, mean, rstd, scale, dh_extra, rms, has_bias, dx_dtype):
     if dh_extra is not None:
         dx = dx + dh_extra.astype(cdt)
     return dx.astype(dx_dtype), dscale, dbias
-
-
-def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Array],
-             dh_extra: Optional[Array], *, rms: bool, has_bias: bool, dx_dtype: Any,
-             platform: str = "cpu") -> tuple[Array, Optional[Array], Optional[Array]]:
-    """Return ``(dx, dscale, dbias)`` for the forward above; ``dscale``/``dbias`` in the statistics dtype."""
-    rows, width = h.shape
-    block = _cpu_block_rows(rows, width) if platform == "cpu" else 0
-    if not block:
-        return _bwd_block(dy, h, mean, rstd, scale, dh_extra, rms, has_bias, dx_dtype)
-    n = rows // block
-    split = lambda a: None if a is None else a.reshape((n, block) + a.shape[1:])
-
-    def one(args):
-        # dx leaves the loop in float32: a 16-bit stacked output made XLA:CPU copy the whole buffer on
-        # every iteration (time quadratic in rows); the one cast below is a single pass.
-        return _bwd_block(*args[:4], scale, args[4], rms, has_bias, mean.dtype)
-    dx, dscale, dbias = lax.map(one, (split(dy), split(h), split(mean), split(rstd), split(dh_extra)))
-    # per-block float32 partials, then one small deterministic reduction
-    return (dx.reshape(rows, width).astype(dx_dtype), None if dscale is None else jnp.sum(dscale, axis=0),
-            None if dbias is None else jnp.sum(dbias, axis=0))

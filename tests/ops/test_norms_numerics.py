@@ -167,8 +167,6 @@ def test_output_and_residual_dtypes():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rows,width,dtype", [(999, 256, jnp.float32), (1024, 1024, jnp.float32),
                                               (999, 256, jnp.bfloat16)])
-def test_cpu_row_blocked_backward(kind, rows, width, dtype):
-    """Enough rows that the CPU backward runs block by block (rnlib.ops.norm_xla._cpu_block_rows)."""
-    from rnlib.ops.norm_xla import _cpu_block_rows
-    assert 1 < _cpu_block_rows(rows, width) < rows
+def test_many_rows(kind, rows, width, dtype):
+    """Many rows: dscale/dbias sum ~1000 rows, so accumulation errors would show."""
     _check(kind, *_data(rows, width, dtype, seed=rows), dtype=dtype)
