@@ -2,7 +2,8 @@
 # One call on a GPU machine (jax + flax + optax + chex preinstalled, no network), from the repository root:
 #   1. make `rnlib` (with `kernels/` as `rnlib.kernels`) importable without downloading anything,
 #   2. run the kernel tests on the GPU (tests/kernels with RNLIB_KERNEL_TEST_PLATFORM=gpu: Triton backend),
-#   3. time layer norm fwd / bwd / fwd+bwd against a copy (benchmarks/device/gpu_bench.py).
+#   3. time layer norm fwd / bwd / fwd+bwd against a copy (benchmarks/device/gpu_bench.py),
+#   4. run the benchmark suites, `python -m benchmarks --quick` (RUN_SH_SKIP_SUITES=1 skips it).
 # Results (tests.log, bench.log, layer_norm_bandwidth.{json,md}) go to $1 (if not an option), else $OUT, else
 # benchmarks/results/device.
 # Extra arguments after the folder go to gpu_bench.py (e.g. --widths 256 4096 --dtypes bfloat16).
@@ -81,5 +82,14 @@ fi
 echo "== layer norm bandwidth =="
 "$PY" benchmarks/device/gpu_bench.py --out "$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/bench.log"
 rc_bench=${PIPESTATUS[0]}
-echo "tests rc=$rc_tests bench rc=$rc_bench; results in $OUT_DIR"
+
+# 4. the project's benchmark suites (norms, train, compile) on this device, quick sizes; skipped in a CPU smoke run.
+rc_suites=0
+if [ "$SMOKE" = 0 ] && [ "${RUN_SH_SKIP_SUITES:-0}" != 1 ]; then
+  echo "== benchmark suites (python -m benchmarks --quick) =="
+  timeout "${RUN_SH_SUITES_TIMEOUT:-150}" "$PY" -m benchmarks --quick --out "$OUT_DIR/suites" 2>&1 \
+    | tee "$OUT_DIR/suites.log"
+  rc_suites=${PIPESTATUS[0]}
+fi
+echo "tests rc=$rc_tests bench rc=$rc_bench suites rc=$rc_suites; results in $OUT_DIR"
 [ "$rc_tests" = 0 ] && [ "$rc_bench" = 0 ]
