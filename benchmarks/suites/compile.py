@@ -10,7 +10,6 @@ Records: name "resnetN", impl "rnlib_scan" | "rnlib_unrolled", pass "fwd+bwd", c
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax.numpy as jnp
 

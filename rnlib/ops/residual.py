@@ -122,7 +122,7 @@ def _conv_bwd(stride, res, g):
     cannot re-layout them and falls back to a slow generic loop (measured ~50x for the kernel gradient).
     """
     x, kernel = res
-    (n, h, w, _), (kh, kw, _, _), (_, ho, wo, _) = x.shape, kernel.shape, g.shape
+    (_, h, w, _), (kh, kw, _, _), (_, ho, wo, _) = x.shape, kernel.shape, g.shape
     # dx: the stride-dilated cotangent convolved with the flipped kernel, in and out channels swapped.
     pads = [(k - 1 - k // 2, size - (out - 1) * stride + k // 2 - 1) for k, size, out in ((kh, h, ho), (kw, w, wo))]
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
