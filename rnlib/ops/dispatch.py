@@ -28,7 +28,7 @@ def resolve_platform(platform: Optional[str]) -> str:
 
 
 @functools.cache
-def _kernels() -> Optional[ModuleType]:
+def kernels_module() -> Optional[ModuleType]:
     """The kernel module, or None when it cannot be imported (e.g. a jax without Pallas)."""
     try:
         from rnlib import kernels
@@ -44,7 +44,7 @@ def choose_backend(impl: str, platform: str, rows: int, width: int, dtype: Any,
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "xla":
         return norm_xla
-    kernels = _kernels()
+    kernels = kernels_module()
     ok = (kernels is not None and not features_in_rows
           and kernels.supports(rows, width, dtype, platform))
     if impl == "pallas":

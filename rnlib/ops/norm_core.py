@@ -37,7 +37,7 @@ class NormConfig:
 
 
 def _backend(cfg: NormConfig):
-    return dispatch._kernels() if cfg.use_pallas else norm_xla
+    return dispatch.kernels_module() if cfg.use_pallas else norm_xla
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
