@@ -258,18 +258,35 @@ def test_linen_block_equals_nnx_block():
     assert isinstance(stack, nn.Module)
 
 
-@pytest.mark.parametrize("hw,k,stride", [((7, 8), 3, 2), ((8, 8), 1, 2), ((9, 6), 7, 2), ((5, 5), 3, 1)])
+@pytest.mark.parametrize("hw,k,stride", [((7, 8), 3, 2), ((8, 8), 1, 2), ((9, 6), 7, 2), ((5, 5), 3, 1),
+                                         ((2, 2), 3, 1), ((4, 3), 3, 1), ((3, 4), 2, 1)])
 def test_conv_canonical_vjp_equals_autodiff(hw, k, stride):
-    """The CPU backward pass (plain NHWC convolutions, fast inside lax.scan) equals autodiff's transpose rules."""
-    x = _x((2, *hw, 3), 1)
-    w = _x((k, k, 3, 5), 2)
-
+    """The CPU path (small maps as a patches matmul; backward as plain NHWC convolutions, fast inside lax.scan)
+    equals XLA's convolution and autodiff's transpose rules."""
     @jax.jit
     def grads(x, w):
         return [jax.grad(lambda x, w: jnp.sum(jnp.sin(R.conv2d(x, w, stride, canonical_vjp=c))), (0, 1))(x, w)
                 for c in (True, False)]
 
-    (dx, dw), (dx_ref, dw_ref) = grads(x, w)
+    with jax.enable_x64(True):  # f64, so that a summation order cannot hide (or fake) a difference
+        x = jnp.asarray(_x((2, *hw, 3), 1), jnp.float64)
+        w = jnp.asarray(_x((k, k, 3, 5), 2), jnp.float64)
+        (dx, dw), (dx_ref, dw_ref) = grads(x, w)
     assert dx.shape == x.shape and dw.shape == w.shape
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("hw,k,stride", [((1, 1), 3, 1), ((2, 2), 3, 1), ((2, 3), 3, 2), ((4, 4), 3, 1),
+                                         ((5, 7), 3, 2), ((8, 8), 1, 2), ((6, 6), 2, 1), ((9, 9), 7, 2)])
+def test_conv_patches_equals_xla_conv(hw, k, stride):
+    """The small-map matmul formulation is the same convolution (padding k//2, any stride) as XLA's, in f64."""
+    from rnlib.ops.residual import _conv, _conv_patches
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((3, *hw, 4)))
+        w = jnp.asarray(np.random.default_rng(1).standard_normal((k, k, 4, 5)))
+        ref = _conv(x, w, stride)
+        got = _conv_patches(x, w, stride)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
