@@ -1,7 +1,7 @@
 """The one ``jax.custom_vjp`` behind every norm, on the 2-D ``(R, W)`` form.
 
-Both backends (``rnlib.ops.norm_xla`` and ``rnlib.kernels``) implement the same ``norm_fwd``/``norm_bwd``;
-this module saves what the backward needs (the normalised input -- ``x``, or the new residual ``h`` --, and
+Every backend (``rnlib.ops.norm_xla``, the Pallas ``rnlib.kernels``, the native CPU ``rnlib.kernels.native``)
+implements the same ``norm_fwd``/``norm_bwd``; this module saves what the backward needs (the normalised input -- ``x``, or the new residual ``h`` --, and
 float32 ``mean``/``rstd``, never low-precision statistics) and routes the cotangents.
 
 Outputs of :func:`norm2d` are ``(y, h)`` or, with ``cfg.with_stats``, ``(y, h, mean, rstd)``, so callers
@@ -31,13 +31,13 @@ class NormConfig:
     x_dtype: Any
     residual_dtype: Any = None      # dtype of the new residual h (None: no residual)
     residual_in_dtype: Any = None   # dtype of the incoming residual, for its cotangent
-    use_pallas: bool = False
+    backend: str = "xla"            # "xla" | "pallas" | "native": see rnlib.ops.dispatch
     platform: str = "cpu"
     with_stats: bool = False
 
 
 def _backend(cfg: NormConfig):
-    return dispatch.kernels_module() if cfg.use_pallas else norm_xla
+    return dispatch.backend_module(cfg.backend)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -42,8 +42,8 @@ def _normalize(x, residual, scale, bias, stats_scale, *, rms: bool, reduction_ax
         raise ValueError("residual_dtype is only meaningful together with a residual")
     checks.check_choice(impl, "impl", dispatch.IMPLS)
     plat = dispatch.resolve_platform(platform)
-    if stats_scale is not None and impl == "pallas":
-        raise ValueError("layer_norm_with_stats has no Pallas kernel; use impl='auto' or 'xla'")
+    if stats_scale is not None and impl in ("pallas", "native"):
+        raise ValueError(f"layer_norm_with_stats has no {impl} kernel; use impl='auto' or 'xla'")
     backend = (norm_xla if stats_scale is not None else
                dispatch.choose_backend(impl, plat, lay.rows, lay.width, x.dtype, lay.features_in_rows))
 
@@ -54,7 +54,7 @@ def _normalize(x, residual, scale, bias, stats_scale, *, rms: bool, reduction_ax
         epsilon=eps, rms=rms, out_dtype=out_dtype if plain else cdt, x_dtype=x.dtype,
         residual_dtype=None if residual is None else jnp.dtype(residual_dtype),
         residual_in_dtype=None if residual is None else residual.dtype,
-        use_pallas=backend is not norm_xla, platform=plat, with_stats=stats_scale is not None)
+        backend=dispatch.backend_name(backend), platform=plat, with_stats=stats_scale is not None)
     to_w = lay.param_to_width
     out = norm2d(cfg, lay.to_2d(x), None if residual is None else lay.to_2d(residual),
                  None if scale is None or not in_core else to_w(scale),
@@ -95,7 +95,8 @@ def layer_norm(x: Array, scale: Optional[Array] = None, bias: Optional[Array] = 
       scale, bias: optional parameters with the shape of x's ``feature_axes`` (``(D,)`` by default).
       reduction_axes: axes normalised over (Flax convention). feature_axes: axes that carry parameters.
       epsilon: static float > 0. dtype: output dtype (default: ``x.dtype``).
-      impl: "auto" (Pallas on GPU/TPU when supported, else XLA), "xla", or "pallas" (interpret mode on CPU).
+      impl: "auto" (Pallas on GPU/TPU, the native kernel on CPU, when supported; else XLA), "xla", "pallas"
+        (interpret mode on CPU) or "native" (the C++ CPU kernel, an XLA FFI call). See rnlib.ops.dispatch.
       platform: None (default backend) or "cpu"/"gpu"/"tpu": the lowering to trace for.
 
     Returns:

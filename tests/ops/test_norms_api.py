@@ -76,9 +76,10 @@ def test_stats_layer_norm_against_float64_autodiff():
         np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-10)
         for a, r in zip(v1(dy), v2(dy)):
             np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-10)
-    # zero stats_scale is exactly plain LN
+    # zero stats_scale is exactly plain LN on the same (XLA) backend
     x32 = _rand((4, 9))
-    np.testing.assert_array_equal(layer_norm_with_stats(x32, None, None, jnp.zeros((2, 9))), layer_norm(x32))
+    np.testing.assert_array_equal(layer_norm_with_stats(x32, None, None, jnp.zeros((2, 9))),
+                                  layer_norm(x32, impl="xla"))
 
 
 def test_jit_vmap_and_sharded_inputs():
@@ -124,7 +125,11 @@ def test_jit_vmap_and_sharded_inputs():
     (lambda: layer_norm_with_stats(jnp.ones((2, 3)), None, None, jnp.ones((3,))), ValueError,
      r"stats_scale has shape \(3,\).*needs \(2, 3\)"),
     (lambda: layer_norm_with_stats(jnp.ones((2, 3)), None, None, jnp.ones((2, 3)), impl="pallas"), ValueError,
-     "no Pallas kernel"),
+     "no pallas kernel"),
+    (lambda: layer_norm_with_stats(jnp.ones((2, 3)), None, None, jnp.ones((2, 3)), impl="native"), ValueError,
+     "no native kernel"),
+    (lambda: layer_norm(jnp.ones((2, 3)), impl="native", platform="gpu"), ValueError, "CPU only|cannot run here"),
+    (lambda: layer_norm(jnp.ones((2, 3), jnp.float64), impl="native"), ValueError, "cannot run here"),
 ])
 def test_bad_input_raises_naming_argument(call, exc, match):
     with pytest.raises(exc, match=match):
