@@ -2,10 +2,11 @@
 
     python benchmarks/norm_ratios.py [--shapes 4096x1024,8192x4096] [--dtypes float32,bfloat16] [--json FILE]
 
-For each shape and dtype (layer_norm with scale and bias), timed round-robin with a jitted ``x + 1``:
-  fwd / copy          rnlib xla forward time over copy time              (target <= 1.15)
-  fwd+bwd / copy      rnlib xla forward+backward time over copy time     (a copy moves 2|x|, fwd+bwd 5|x|)
-  linen / rnlib       flax.linen.LayerNorm fwd+bwd time over rnlib's    (target >= 2)
+For each shape and dtype (layer_norm with scale and bias), timed round-robin with a jitted ``x + 1``, one line per
+rnlib implementation measured (``xla``, and ``native`` -- the C++ CPU kernel impl="auto" uses on CPU -- when built):
+  fwd / copy          forward time over copy time                        (target <= 1.15)
+  fwd+bwd / copy      forward+backward time over copy time               (a copy moves 2|x|, fwd+bwd 5|x|)
+  linen / rnlib       flax.linen.LayerNorm fwd+bwd time over rnlib's     (target >= 2)
   rnlib / torch       rnlib fwd+bwd time over torch's layer_norm         (target <= 1.0; only if torch imports)
 """
 from __future__ import annotations
@@ -20,17 +21,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from benchmarks.suites import norms, norms_torch  # noqa: E402
 
 
-def ratios(rows: int, width: int, dtype: str, timing: dict) -> dict:
-    """Time rnlib_xla, flax_linen and torch (when present) for one shape; return the ratios above."""
-    impls = ("rnlib_xla", "flax_linen") + (("torch",) if norms_torch.available() else ())
+def ratios(rows: int, width: int, dtype: str, timing: dict) -> list[dict]:
+    """Time rnlib (xla, native), flax_linen and torch (when present) for one shape; the ratios above per impl."""
+    mine = ("rnlib_xla",) + (("rnlib_native",) if norms.applicable("rnlib_native", "layer_norm", "cpu") else ())
+    impls = mine + ("flax_linen",) + (("torch",) if norms_torch.available() else ())
     recs = norms.measure("layer_norm", rows, width, dtype, impls, ("fwd", "fwd+bwd"), timing, suite="norm_ratios")
     t = {(r["impl"], r["pass"]): r["time_s"] for r in recs}
     copy = recs[0]["copy_time_s"]
-    xla, linen, torch = t[("rnlib_xla", "fwd+bwd")], t.get(("flax_linen", "fwd+bwd")), t.get(("torch", "fwd+bwd"))
-    return {"shape": f"{rows}x{width}", "dtype": dtype, "copy_ms": copy * 1e3,
-            "fwd/copy": t[("rnlib_xla", "fwd")] / copy, "fwd+bwd/copy": xla / copy,
-            "linen/rnlib": linen / xla if linen else None, "rnlib/torch": xla / torch if torch else None,
-            "times_ms": {f"{i} {p}": v * 1e3 for (i, p), v in t.items() if v}}
+    linen, torch = t.get(("flax_linen", "fwd+bwd")), t.get(("torch", "fwd+bwd"))
+    out = []
+    for impl in mine:
+        fb = t[(impl, "fwd+bwd")]
+        out.append({"shape": f"{rows}x{width}", "dtype": dtype, "impl": impl.removeprefix("rnlib_"),
+                    "copy_ms": copy * 1e3, "fwd/copy": t[(impl, "fwd")] / copy, "fwd+bwd/copy": fb / copy,
+                    "linen/rnlib": linen / fb if linen else None, "rnlib/torch": fb / torch if torch else None,
+                    "times_ms": {f"{i} {p}": v * 1e3 for (i, p), v in t.items() if v}})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,16 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     timing = {"target_s": args.target_s, "min_runs": 7, "max_runs": 100}
     results = []
-    print(f"{'shape':>10} {'dtype':>9} {'copy ms':>8} {'fwd/copy':>9} {'fwd+bwd/copy':>13} {'linen/rnlib':>12} "
-          f"{'rnlib/torch':>12}   (targets: fwd/copy <= 1.15, linen/rnlib >= 2, rnlib/torch <= 1)")
+    print(f"{'shape':>10} {'dtype':>9} {'impl':>7} {'copy ms':>8} {'fwd/copy':>9} {'fwd+bwd/copy':>13} "
+          f"{'linen/rnlib':>12} {'rnlib/torch':>12}   (targets: fwd/copy <= 1.15, linen/rnlib >= 2, rnlib/torch <= 1)")
+    fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
     for shape in args.shapes.split(","):
         rows, width = (int(v) for v in shape.split("x"))
         for dt in args.dtypes.split(","):
-            r = ratios(rows, width, dt, timing)
-            results.append(r)
-            fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
-            print(f"{r['shape']:>10} {dt:>9} {r['copy_ms']:8.2f} {fmt(r['fwd/copy']):>9} {fmt(r['fwd+bwd/copy']):>13} "
-                  f"{fmt(r['linen/rnlib']):>12} {fmt(r['rnlib/torch']):>12}", flush=True)
+            for r in ratios(rows, width, dt, timing):
+                results.append(r)
+                print(f"{r['shape']:>10} {dt:>9} {r['impl']:>7} {r['copy_ms']:8.2f} {fmt(r['fwd/copy']):>9} "
+                      f"{fmt(r['fwd+bwd/copy']):>13} {fmt(r['linen/rnlib']):>12} {fmt(r['rnlib/torch']):>12}",
+                      flush=True)
     if not norms_torch.available():
         print("torch is not installed: rnlib/torch not measured")
     if args.json:

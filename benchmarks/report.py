@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from benchmarks import harness
 
 TRAIN_IMPL_ORDER = ("rnlib", "rnlib_unrolled", "reference_linen", "torch")
-NORM_IMPL_ORDER = ("rnlib_pallas", "rnlib_xla", "jnp_reference", "flax_nnx", "flax_linen", "torch", "pallas_gpu_ln")
+NORM_IMPL_ORDER = ("rnlib_pallas", "rnlib_native", "rnlib_xla", "jnp_reference", "flax_nnx", "flax_linen", "torch", "pallas_gpu_ln")
 
 
 def write_json(records: list[dict], path: pathlib.Path) -> None:

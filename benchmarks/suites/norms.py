@@ -7,6 +7,7 @@ with its own widths, dtypes and implementations).
 Implementations (names used in records):
   rnlib_xla      rnlib.ops with impl="xla" (hand-written VJP)
   rnlib_pallas   rnlib.ops with impl="pallas" (GPU/TPU only: interpret mode on CPU is not timed)
+  rnlib_native   rnlib.ops with impl="native" (the C++ CPU kernel; CPU only, when it is built)
   jnp_reference  benchmarks/reference/norms.py under autodiff
   flax_nnx       flax.nnx.LayerNorm / RMSNorm (add_norm: x + residual, then the norm)
   flax_linen     flax.linen.LayerNorm / RMSNorm (same)
@@ -27,7 +28,7 @@ from benchmarks.suites import norms_torch
 from benchmarks.suites.tasks import Task
 
 OPS = ("layer_norm", "rms_norm", "add_norm")
-IMPLS = ("rnlib_xla", "rnlib_pallas", "jnp_reference", "flax_nnx", "flax_linen", "torch", "pallas_gpu_ln")
+IMPLS = ("rnlib_xla", "rnlib_pallas", "rnlib_native", "jnp_reference", "flax_nnx", "flax_linen", "torch", "pallas_gpu_ln")
 EPS = 1e-6
 
 # Function of (params, inputs) -> output(s); inputs = (x,) or (x, residual).
@@ -95,6 +96,9 @@ def applicable(impl: str, op: str, plat: str) -> bool:
     """Whether ``impl`` is timed for ``op`` on platform ``plat`` (pallas: accelerators only, never interpret)."""
     if impl == "rnlib_pallas":
         return plat in ("gpu", "tpu")
+    if impl == "rnlib_native":
+        from rnlib.ops import dispatch
+        return plat == "cpu" and dispatch.native_module() is not None
     if impl == "pallas_gpu_ln":
         return plat == "gpu" and op == "layer_norm"
     if impl == "torch":
@@ -104,7 +108,7 @@ def applicable(impl: str, op: str, plat: str) -> bool:
 
 def build(impl: str, op: str, width: int, dtype: Any) -> tuple[NormFn, Any]:
     """(fn(params, inputs), params) for a JAX implementation."""
-    if impl in ("rnlib_xla", "rnlib_pallas"):
+    if impl in ("rnlib_xla", "rnlib_pallas", "rnlib_native"):
         return _rnlib_norm(impl.split("_")[1], op, width)
     if impl == "jnp_reference":
         return _reference_norm(op, width)

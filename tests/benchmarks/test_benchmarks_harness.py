@@ -104,3 +104,19 @@ def test_cli_without_rich_prints_plain_tables(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "[norms 1/1" in out and "rnlib_xla" in out and "rms_norm" in out
     assert len(json.loads((tmp_path / "norms.json").read_text())) == 1
+
+
+def test_norm_ratios_prints_one_line_per_rnlib_impl(tmp_path, capsys):
+    from benchmarks import norm_ratios
+    from rnlib.ops import dispatch
+
+    out = tmp_path / "ratios.json"
+    assert norm_ratios.main(["--shapes", "8x128", "--dtypes", "float32", "--target-s", "0.001",
+                             "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    expected = {"xla"} | ({"native"} if dispatch.native_module() is not None else set())
+    assert {r["impl"] for r in rows} == expected
+    for r in rows:
+        assert r["fwd/copy"] > 0 and r["fwd+bwd/copy"] > 0 and r["linen/rnlib"] > 0
+    printed = capsys.readouterr().out
+    assert all(f" {impl} " in printed for impl in expected)
