@@ -1,0 +1,257 @@
+"""Native (C++) layer/RMS norm for XLA:CPU, installed as ``rnlib.kernels.native``.
+
+The same backend contract as ``rnlib.ops.norm_xla`` and ``rnlib.kernels`` (``norm_fwd``/``norm_bwd`` on the 2-D
+``(rows, width)`` form, float32 statistics, the shifted saved ``mean``), computed by the XLA FFI handlers in
+``norm_cpu.cc``: one memory pass per row, rows split over XLA's intra-op thread pool, deterministic sums.
+
+The compiled library is optional: a build without a C++ compiler installs without it, and then
+:func:`available` is False (:func:`unavailable_reason` says why) and callers use the XLA backend. Setting the
+environment variable ``RNLIB_DISABLE_NATIVE=1`` also makes it unavailable.
+
+Transformations: jit; vmap (the handlers take leading batch dimensions; ``vmap_method="broadcast_all"``);
+sharded inputs (XLA replicates the custom call: correct, not partitioned); reverse-mode differentiation of
+:func:`norm_fwd` and :func:`norm_bwd` through ``jax.custom_vjp`` whose backward is the VJP of the pure-jnp
+twin in :mod:`._reference` (so grad-of-grad works; forward-mode ``jvp`` does not).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _reference
+
+__all__ = ["available", "unavailable_reason", "supports", "norm_fwd", "norm_bwd", "isa_level"]
+
+Array = jax.Array
+_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
+_TARGETS = {"rnlib_norm_fwd_cpu": "RnlibNormFwdCpu", "rnlib_norm_bwd_cpu": "RnlibNormBwdCpu"}
+_lock = threading.Lock()
+_state: Optional[tuple[bool, str]] = None  # (loaded, reason if not)
+_lib: Optional[ctypes.CDLL] = None
+# Instruction-set level requested from the handlers at trace time: 0 = the best this CPU runs, 1 = portable
+# (SSE2 on x86-64), 2 = AVX2, 3 = AVX-512 (capped at what the CPU has). All give bit-identical results; tests
+# set it to check that.
+_ISA = 0
+
+
+def _load() -> tuple[bool, str]:
+    if os.environ.get("RNLIB_DISABLE_NATIVE", "") not in ("", "0"):
+        return False, "disabled by RNLIB_DISABLE_NATIVE"
+    try:
+        spec = importlib.util.find_spec(__name__ + "._norm_cpu")  # finds the built library, does not import it
+    except (ImportError, ValueError) as e:  # pragma: no cover - unusual import machinery
+        return False, f"cannot look up the compiled library: {e}"
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return False, ("the compiled library rnlib/kernels/native/_norm_cpu*.so is missing (no C++ compiler "
+                       "when rnlib was installed?); reinstall with g++ available")
+    global _lib
+    try:
+        lib = ctypes.CDLL(spec.origin)
+        for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        lib.RnlibNormCpuIsa.argtypes, lib.RnlibNormCpuIsa.restype = [ctypes.c_int], ctypes.c_int
+    except Exception as e:  # noqa: BLE001 - any failure means "not available", never an exception
+        return False, f"cannot load {spec.origin}: {type(e).__name__}: {e}"
+    _lib = lib
+    return True, ""
+
+
+def available() -> bool:
+    """Whether the compiled library is loaded and its FFI targets registered (loads it once; never raises)."""
+    global _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                _state = _load()
+    return _state[0]
+
+
+def unavailable_reason() -> str:
+    """Why :func:`available` is False ("" when it is True)."""
+    available()
+    return _state[1]
+
+
+def isa_level(request: int = 0) -> int:
+    """Instruction-set level the kernels run for ``request`` (0: best): 1 portable, 2 AVX2, 3 AVX-512; 0 if
+    the library is not available."""
+    return int(_lib.RnlibNormCpuIsa(int(request))) if available() else 0
+
+
+def supports(rows: int, width: int, dtype: Any) -> bool:
+    """Whether the native kernels take a ``(rows, width)`` problem with ``x`` of ``dtype`` (f32/bf16/f16)."""
+    try:
+        ok_dtype = np.dtype(dtype) in _DTYPES
+    except TypeError:
+        return False
+    return ok_dtype and int(rows) >= 1 and int(width) >= 1
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    epsilon: float = 0.0
+    rms: bool = False
+    out_dtype: Any = None       # forward: y dtype; backward: dx dtype
+    residual_dtype: Any = None  # forward only
+    has_bias: bool = False      # backward only
+
+
+def _i32(flag) -> np.int32:
+    return np.int32(bool(flag))
+
+
+def _fwd_call(cfg: _Cfg, x, residual, scale, bias):
+    shape = x.shape
+    results = [jax.ShapeDtypeStruct(shape, cfg.out_dtype)]
+    if residual is not None:
+        results.append(jax.ShapeDtypeStruct(shape, cfg.residual_dtype))
+    results += [jax.ShapeDtypeStruct(shape[:-1], jnp.float32)] * 2
+    operands = [a for a in (x, residual, scale, bias) if a is not None]
+    outs = jax.ffi.ffi_call("rnlib_norm_fwd_cpu", results, vmap_method="broadcast_all")(
+        *operands, epsilon=np.float32(cfg.epsilon), isa=np.int32(_ISA), rms=_i32(cfg.rms), has_residual=_i32(residual is not None),
+        has_scale=_i32(scale is not None), has_bias=_i32(bias is not None))
+    if residual is None:
+        y, mean, rstd = outs
+        return y, None, mean, rstd
+    return tuple(outs)
+
+
+def _bwd_call(cfg: _Cfg, dy, h, mean, rstd, scale, dh_extra):
+    results = [jax.ShapeDtypeStruct(h.shape, cfg.out_dtype)]
+    results += [jax.ShapeDtypeStruct(h.shape[:-2] + h.shape[-1:], jnp.float32)] * \
+        ((scale is not None) + bool(cfg.has_bias))
+    operands = [dy, h, mean, rstd] + [a for a in (scale, dh_extra) if a is not None]
+    outs = list(jax.ffi.ffi_call("rnlib_norm_bwd_cpu", results, vmap_method="broadcast_all")(
+        *operands, isa=np.int32(_ISA), rms=_i32(cfg.rms), has_scale=_i32(scale is not None), has_bias=_i32(cfg.has_bias),
+        has_dh=_i32(dh_extra is not None)))
+    dx = outs.pop(0)
+    dscale = outs.pop(0) if scale is not None else None
+    dbias = outs.pop(0) if cfg.has_bias else None
+    return dx, dscale, dbias
+
+
+def _ref_fwd(cfg: _Cfg):
+    return functools.partial(_reference.norm_fwd, epsilon=cfg.epsilon, rms=cfg.rms, out_dtype=cfg.out_dtype,
+                             residual_dtype=cfg.residual_dtype)
+
+
+def _ref_bwd(cfg: _Cfg):
+    return functools.partial(_reference.norm_bwd, rms=cfg.rms, has_bias=cfg.has_bias, dx_dtype=cfg.out_dtype)
+
+
+def _with_reference_vjp(call, reference):
+    """``call`` as a custom_vjp whose backward is the VJP of ``reference(cfg)`` (the same maths, in jnp)."""
+    f = jax.custom_vjp(call, nondiff_argnums=(0,))
+
+    def fwd(cfg, *args):
+        return call(cfg, *args), args
+
+    def bwd(cfg, args, cts):
+        return jax.vjp(reference(cfg), *args)[1](cts)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+_fwd_native = _with_reference_vjp(_fwd_call, _ref_fwd)
+_bwd_native = _with_reference_vjp(_bwd_call, _ref_bwd)
+
+
+def _check(name: str, a, shape) -> None:
+    if a is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
+def _check_dtype(name: str, dtype) -> None:
+    if np.dtype(dtype) not in _DTYPES:
+        raise ValueError(f"{name}: the native kernels take float32/bfloat16/float16, got {np.dtype(dtype).name}")
+
+
+def _check_platform(platform: str) -> None:
+    if platform != "cpu":
+        raise ValueError(f"the native kernels run on platform 'cpu' only, got {platform!r}")
+    if not available():
+        raise RuntimeError(f"rnlib.kernels.native is not available: {unavailable_reason()}")
+
+
+def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: Optional[Array], *,
+             epsilon: float, rms: bool, out_dtype: Any, residual_dtype: Any = None,
+             platform: str = "cpu") -> tuple[Array, Optional[Array], Array, Array]:
+    """Layer/RMS norm forward of ``x`` (or ``h = x + residual``), normalised over the last axis.
+
+    Args: x (R, W) f32/bf16/f16; residual (R, W) or None; scale, bias (W,) or None; ``out_dtype`` of y
+    (None: x's); ``residual_dtype`` of h (None: residual's).
+    Returns ``(y, h, mean, rstd)``: y (R, W); h = round_{residual_dtype}(x + residual) or None; mean, rstd (R,)
+    float32 with ``mean`` the mean of ``h - h[:, 0]`` for layer norm (zeros for RMS) and
+    ``rstd = rsqrt(max(var, 0) + epsilon)`` (two-pass variance): exactly ``rnlib.ops.norm_xla.norm_fwd``.
+    """
+    _check_platform(platform)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (rows, width), got shape {tuple(x.shape)}")
+    rows, width = x.shape
+    _check("residual", residual, (rows, width))
+    _check("scale", scale, (width,))
+    _check("bias", bias, (width,))
+    if not supports(rows, width, x.dtype):
+        raise ValueError(f"unsupported native norm problem: x {tuple(x.shape)} {x.dtype}")
+    out_dtype = np.dtype(x.dtype if out_dtype is None else out_dtype)
+    _check_dtype("out_dtype", out_dtype)
+    if residual is not None:
+        residual_dtype = np.dtype(residual.dtype if residual_dtype is None else residual_dtype)
+        _check_dtype("residual", residual.dtype)
+        _check_dtype("residual_dtype", residual_dtype)
+    else:
+        residual_dtype = None
+    for name, p in (("scale", scale), ("bias", bias)):
+        if p is not None:
+            _check_dtype(name, p.dtype)
+    cfg = _Cfg(epsilon=float(epsilon), rms=bool(rms), out_dtype=out_dtype, residual_dtype=residual_dtype)
+    return _fwd_native(cfg, x, residual, scale, bias)
+
+
+def norm_bwd(dy: Array, h: Array, mean: Optional[Array], rstd: Array, scale: Optional[Array],
+             dh_extra: Optional[Array], *, rms: bool, has_bias: bool, dx_dtype: Any,
+             platform: str = "cpu") -> tuple[Array, Optional[Array], Optional[Array]]:
+    """Backward of :func:`norm_fwd` from its saved ``(h, mean, rstd)``; exactly ``rnlib.ops.norm_xla.norm_bwd``.
+
+    With ``g = dy * scale`` and ``x_hat = ((h - h[:, 0]) - mean) * rstd`` (no shift for RMS)::
+
+        dx = rstd * (g - x_hat * mean_W(g * x_hat) - mean_W(g)) + dh_extra     (no mean_W(g) for RMS)
+        dscale = sum_R(dy * x_hat),   dbias = sum_R(dy)
+
+    Args: dy, h (R, W); mean, rstd (R,) float32 (mean None: zeros); scale (W,) or None; dh_extra (R, W) or None.
+    Returns ``(dx (R, W) dx_dtype, dscale (W,) float32 or None, dbias (W,) float32 or None)``. The sums over
+    rows use fixed row blocks reduced in a fixed order: bit-identical from run to run, for any thread count.
+    """
+    _check_platform(platform)
+    if h.ndim != 2:
+        raise ValueError(f"h must be 2-D (rows, width), got shape {tuple(h.shape)}")
+    rows, width = h.shape
+    _check("dy", dy, (rows, width))
+    _check("dh_extra", dh_extra, (rows, width))
+    _check("mean", mean, (rows,))
+    _check("rstd", rstd, (rows,))
+    _check("scale", scale, (width,))
+    if not supports(rows, width, h.dtype):
+        raise ValueError(f"unsupported native norm problem: h {tuple(h.shape)} {h.dtype}")
+    for name, a in (("dy", dy), ("scale", scale), ("dh_extra", dh_extra)):
+        if a is not None:
+            _check_dtype(name, a.dtype)
+    for name, a in (("mean", mean), ("rstd", rstd)):
+        if a is not None and np.dtype(a.dtype) != np.float32:
+            raise ValueError(f"{name} must be float32, got {np.dtype(a.dtype).name}")
+    dx_dtype = np.dtype(h.dtype if dx_dtype is None else dx_dtype)
+    _check_dtype("dx_dtype", dx_dtype)
+    if mean is None:
+        mean = jnp.zeros((rows,), jnp.float32)
+    cfg = _Cfg(rms=bool(rms), out_dtype=dx_dtype, has_bias=bool(has_bias))
+    return _bwd_native(cfg, dy, h, mean, rstd, scale, dh_extra)
