@@ -28,6 +28,10 @@
 #include <sys/mman.h>
 #endif
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -148,12 +152,23 @@ RowKernels row_kernels(int request) {
 }
 
 // ---------------------------------------------------------------- threads
+// XLA:CPU runs its kernels with subnormals flushed to zero (FTZ/DAZ); so do we, on every thread that runs a
+// task, so that results match XLA's and do not depend on the state of whichever thread ran a task.
+struct FlushDenormals {
+#if defined(__x86_64__) || defined(_M_X64)
+  unsigned saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040u); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
 // Runs body(0..n_tasks-1) on the calling thread plus helpers from XLA's intra-op pool. Tasks are claimed
 // from an atomic counter, and the caller claims too, so it only ever waits for tasks already running
 // (no deadlock when the caller is itself a pool thread). Results must not depend on who ran a task.
 void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const std::function<void(int64_t)>& body) {
   int64_t helpers = n_tasks > 1 ? std::min<int64_t>(pool.num_threads(), n_tasks - 1) : 0;
   if (helpers <= 0) {
+    FlushDenormals ftz;
     for (int64_t t = 0; t < n_tasks; ++t) body(t);
     return;
   }
@@ -168,6 +183,7 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const std::function<vo
   st->n = n_tasks;
   st->body = &body;  // only dereferenced for a claimed task, i.e. before the caller returns
   auto work = [](State& s) {
+    FlushDenormals ftz;
     for (;;) {
       const int64_t t = s.next.fetch_add(1);
       if (t >= s.n) return;
