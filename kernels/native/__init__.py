@@ -33,6 +33,7 @@ __all__ = ["available", "unavailable_reason", "supports", "norm_fwd", "norm_bwd"
 
 Array = jax.Array
 _DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
+_ABI_VERSION = 1  # must equal RnlibNormCpuAbiVersion() in norm_cpu.cc
 _TARGETS = {"rnlib_norm_fwd_cpu": "RnlibNormFwdCpu", "rnlib_norm_bwd_cpu": "RnlibNormBwdCpu"}
 _lock = threading.Lock()
 _state: Optional[tuple[bool, str]] = None  # (loaded, reason if not)
@@ -56,6 +57,10 @@ def _load() -> tuple[bool, str]:
     global _lib
     try:
         lib = ctypes.CDLL(spec.origin)
+        abi = lib.RnlibNormCpuAbiVersion() if hasattr(lib, "RnlibNormCpuAbiVersion") else 0
+        if abi != _ABI_VERSION:
+            return False, (f"{spec.origin} is a stale build (ABI {abi}, expected {_ABI_VERSION}); rebuild it with "
+                           f"`pip install -e .` or `python setup.py build_ext --inplace`")
         for target, symbol in _TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
         lib.RnlibNormCpuIsa.argtypes, lib.RnlibNormCpuIsa.restype = [ctypes.c_int], ctypes.c_int

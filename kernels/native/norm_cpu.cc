@@ -439,5 +439,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnlibNormBwdCpu, NormBwdImpl,
                                   .Attr<int32_t>("has_bias")
                                   .Attr<int32_t>("has_dh"));
 
+// Bumped whenever the handlers' operands or attributes change; the Python wrapper refuses a stale build.
+extern "C" int RnlibNormCpuAbiVersion() { return 1; }
+
 // The instruction-set level the handlers use for `request` (0: best available): 1 portable, 2 AVX2, 3 AVX-512.
 extern "C" int RnlibNormCpuIsa(int request) { return row_kernels(request).level; }
