@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _reference
+from . import _partitioned, _reference
 
 __all__ = ["available", "unavailable_reason", "supports", "norm_fwd", "norm_bwd", "isa_level"]
 
@@ -114,30 +114,49 @@ def _i32(flag) -> np.int32:
     return np.int32(bool(flag))
 
 
-def _fwd_call(cfg: _Cfg, x, residual, scale, bias):
-    shape = x.shape
+def _fwd_ffi(key, *operands):
+    """The forward custom call on (x, [residual], [scale], [bias]), any leading batch dimensions."""
+    cfg, has_res, has_scale, has_bias = key
+    shape = operands[0].shape
     results = [jax.ShapeDtypeStruct(shape, cfg.out_dtype)]
-    if residual is not None:
+    if has_res:
         results.append(jax.ShapeDtypeStruct(shape, cfg.residual_dtype))
     results += [jax.ShapeDtypeStruct(shape[:-1], jnp.float32)] * 2
-    operands = [a for a in (x, residual, scale, bias) if a is not None]
-    outs = jax.ffi.ffi_call("rnlib_norm_fwd_cpu", results, vmap_method="broadcast_all")(
-        *operands, epsilon=np.float32(cfg.epsilon), isa=np.int32(_ISA), rms=_i32(cfg.rms), has_residual=_i32(residual is not None),
-        has_scale=_i32(scale is not None), has_bias=_i32(bias is not None))
+    return jax.ffi.ffi_call("rnlib_norm_fwd_cpu", results, vmap_method="broadcast_all")(
+        *operands, epsilon=np.float32(cfg.epsilon), isa=np.int32(_ISA), rms=_i32(cfg.rms),
+        has_residual=_i32(has_res), has_scale=_i32(has_scale), has_bias=_i32(has_bias))
+
+
+def _fwd_call(cfg: _Cfg, x, residual, scale, bias):
+    key = (cfg, residual is not None, scale is not None, bias is not None)
+    kinds = ("rw",) + ("rw",) * key[1] + ("w",) * (key[2] + key[3])
+    out_kinds = ("rw",) + ("rw",) * key[1] + ("r", "r")
+    run = _partitioned.partitioned(_fwd_ffi, key, kinds, out_kinds, (False,) * len(out_kinds))
+    outs = run(*[a for a in (x, residual, scale, bias) if a is not None])
     if residual is None:
         y, mean, rstd = outs
         return y, None, mean, rstd
     return tuple(outs)
 
 
-def _bwd_call(cfg: _Cfg, dy, h, mean, rstd, scale, dh_extra):
+def _bwd_ffi(key, *operands):
+    """The backward custom call on (dy, h, mean, rstd, [scale], [dh_extra]), any leading batch dimensions."""
+    cfg, has_scale, has_dh = key
+    h = operands[1]
     results = [jax.ShapeDtypeStruct(h.shape, cfg.out_dtype)]
-    results += [jax.ShapeDtypeStruct(h.shape[:-2] + h.shape[-1:], jnp.float32)] * \
-        ((scale is not None) + bool(cfg.has_bias))
-    operands = [dy, h, mean, rstd] + [a for a in (scale, dh_extra) if a is not None]
-    outs = list(jax.ffi.ffi_call("rnlib_norm_bwd_cpu", results, vmap_method="broadcast_all")(
-        *operands, isa=np.int32(_ISA), rms=_i32(cfg.rms), has_scale=_i32(scale is not None), has_bias=_i32(cfg.has_bias),
-        has_dh=_i32(dh_extra is not None)))
+    results += [jax.ShapeDtypeStruct(h.shape[:-2] + h.shape[-1:], jnp.float32)] * (has_scale + bool(cfg.has_bias))
+    return jax.ffi.ffi_call("rnlib_norm_bwd_cpu", results, vmap_method="broadcast_all")(
+        *operands, isa=np.int32(_ISA), rms=_i32(cfg.rms), has_scale=_i32(has_scale),
+        has_bias=_i32(cfg.has_bias), has_dh=_i32(has_dh))
+
+
+def _bwd_call(cfg: _Cfg, dy, h, mean, rstd, scale, dh_extra):
+    key = (cfg, scale is not None, dh_extra is not None)
+    kinds = ("rw", "rw", "r", "r") + ("w",) * key[1] + ("rw",) * key[2]
+    n_sums = key[1] + bool(cfg.has_bias)
+    out_kinds = ("rw",) + ("w",) * n_sums
+    run = _partitioned.partitioned(_bwd_ffi, key, kinds, out_kinds, (False,) + (True,) * n_sums)
+    outs = list(run(*[a for a in (dy, h, mean, rstd, scale, dh_extra) if a is not None]))
     dx = outs.pop(0)
     dscale = outs.pop(0) if scale is not None else None
     dbias = outs.pop(0) if cfg.has_bias else None

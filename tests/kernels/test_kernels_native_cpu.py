@@ -271,10 +271,16 @@ def test_sharded_inputs():
     x = jax.device_put(jnp.asarray(inp["x"]), rows)
     dy = jax.device_put(jnp.asarray(inp["dy"]), rows)
     s, b = jnp.asarray(inp["scale"]), jnp.asarray(inp["bias"])
-    got = jax.jit(_fwd_bwd_native)(x, s, b, dy)
+    f = jax.jit(_fwd_bwd_native)
+    got = f(x, s, b, dy)
     want = _fwd_bwd_native(jnp.asarray(inp["x"]), s, b, jnp.asarray(inp["dy"]))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want):  # dscale/dbias: per-device partial sums, psum-ed
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+    # partitioned, not replicated: each device keeps its rows (y, mean, rstd, dx) and nothing is gathered
+    for k in (0, 1, 2, 3):
+        assert got[k].sharding.spec[0] == "d", (k, got[k].sharding)
+    hlo = f.lower(x, s, b, dy).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo
 
 
 def _norm_with_vjp(mod):
