@@ -8,10 +8,15 @@ The compiled library is optional: a build without a C++ compiler installs withou
 :func:`available` is False (:func:`unavailable_reason` says why) and callers use the XLA backend. Setting the
 environment variable ``RNLIB_DISABLE_NATIVE=1`` also makes it unavailable.
 
-Transformations: jit; vmap (the handlers take leading batch dimensions; ``vmap_method="broadcast_all"``);
-sharded inputs (XLA replicates the custom call: correct, not partitioned); reverse-mode differentiation of
-:func:`norm_fwd` and :func:`norm_bwd` through ``jax.custom_vjp`` whose backward is the VJP of the pure-jnp
-twin in :mod:`._reference` (so grad-of-grad works; forward-mode ``jvp`` does not).
+Transformations: jit; vmap (the handlers take leading batch dimensions, see :mod:`._partitioned`); sharded
+inputs (row-partitioned with ``custom_partitioning``: each device normalises its own rows, dscale/dbias are
+psum-ed; the width is gathered if it was split); reverse-mode differentiation of :func:`norm_fwd` and
+:func:`norm_bwd` through ``jax.custom_vjp`` whose backward is the VJP of the pure-jnp twin in
+:mod:`._reference` (so grad-of-grad works; forward-mode ``jvp`` does not, as for any custom_vjp).
+
+The extension is built by ``setup.py`` (editable installs build it in place, in ``kernels/native/``); after
+changing the C++, rebuild with ``pip install -e .`` or ``python setup.py build_ext --inplace`` (a stale build is
+detected by its ABI version and reported as unavailable).
 """
 from __future__ import annotations
 
