@@ -44,8 +44,8 @@ _lock = threading.Lock()
 _state: Optional[tuple[bool, str]] = None  # (loaded, reason if not)
 _lib: Optional[ctypes.CDLL] = None
 # Instruction-set level requested from the handlers at trace time: 0 = the best this CPU runs, 1 = portable
-# (SSE2 on x86-64), 2 = AVX2, 3 = AVX-512 (capped at what the CPU has). All give bit-identical results; tests
-# set it to check that.
+# (SSE2 on x86-64), 2 = AVX2, 3 = AVX-512, 4 = AVX-512 with BF16 conversions (capped at what the CPU has). All
+# give bit-identical results; tests set it to check that.
 _ISA = 0
 
 
@@ -92,8 +92,8 @@ def unavailable_reason() -> str:
 
 
 def isa_level(request: int = 0) -> int:
-    """Instruction-set level the kernels run for ``request`` (0: best): 1 portable, 2 AVX2, 3 AVX-512; 0 if
-    the library is not available."""
+    """Instruction-set level the kernels run for ``request`` (0: best): 1 portable, 2 AVX2, 3 AVX-512, 4 AVX-512
+    with BF16 conversions; 0 if the library is not available."""
     return int(_lib.RnlibNormCpuIsa(int(request))) if available() else 0
 
 

@@ -29,7 +29,7 @@
 #endif
 
 #if defined(__x86_64__) || defined(_M_X64)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #endif
 
 #include "xla/ffi/api/ffi.h"
@@ -118,10 +118,20 @@ namespace v4 {
 #include "norm_rows.h"
 }  // namespace v4
 #pragma GCC pop_options
+// AVX-512 plus AVX512-BF16's float32 -> bfloat16 conversion (round to nearest even, quiet NaN; it treats
+// subnormal inputs as zero, which the flush-to-zero arithmetic that produces every stored value never makes).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe")
+#define RNLIB_AVX512BF16 1
+namespace v4bf16 {
+#include "norm_rows.h"
+}  // namespace v4bf16
+#undef RNLIB_AVX512BF16
+#pragma GCC pop_options
 #endif
 
 struct RowKernels {
-  int level;  // 1 portable (SSE2 on x86-64), 2 x86-64-v3 (AVX2), 3 x86-64-v4 (AVX-512)
+  int level;  // 1 portable (SSE2 on x86-64), 2 x86-64-v3 (AVX2), 3 x86-64-v4 (AVX-512), 4 AVX-512 + BF16
   void (*fwd)(const FwdProblem&, int64_t, int64_t);
   void (*bwd)(const BwdProblem&, int64_t, int64_t);
 };
@@ -132,7 +142,7 @@ int best_level() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
       __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-    return 3;
+    return __builtin_cpu_supports("avx512bf16") ? 4 : 3;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2") &&
       __builtin_cpu_supports("f16c"))
     return 2;
@@ -145,6 +155,7 @@ RowKernels row_kernels(int request) {
   static const int best = best_level();
   const int level = request <= 0 ? best : std::min(request, best);
 #ifdef RNLIB_X86_VERSIONS
+  if (level == 4) return {4, &v4bf16::fwd_rows, &v4bf16::bwd_blocks};
   if (level == 3) return {3, &v4::fwd_rows, &v4::bwd_blocks};
   if (level == 2) return {2, &v3::fwd_rows, &v3::bwd_blocks};
 #endif
@@ -442,5 +453,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnlibNormBwdCpu, NormBwdImpl,
 // Bumped whenever the handlers' operands or attributes change; the Python wrapper refuses a stale build.
 extern "C" int RnlibNormCpuAbiVersion() { return 1; }
 
-// The instruction-set level the handlers use for `request` (0: best available): 1 portable, 2 AVX2, 3 AVX-512.
+// The instruction-set level the handlers use for `request` (0: best available): 1 portable, 2 AVX2, 3 AVX-512,
+// 4 AVX-512 with BF16 conversions.
 extern "C" int RnlibNormCpuIsa(int request) { return row_kernels(request).level; }

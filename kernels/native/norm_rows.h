@@ -1,5 +1,6 @@
 // Row kernels of norm_cpu.cc. Deliberately no include guard: norm_cpu.cc includes this file several times,
-// each time inside its own namespace and `#pragma GCC target` region (SSE2 baseline, AVX2, AVX-512), and
+// each time inside its own namespace and `#pragma GCC target` region (SSE2 baseline, AVX2, AVX-512, AVX-512
+// with BF16 conversions), and
 // picks one copy at run time from the CPU's features. Every copy computes bit-identical results: the
 // vector type `vf` fixes the lanes of each sum whatever the instruction set, and -ffp-contract=off keeps
 // FMA out.
@@ -102,6 +103,14 @@ inline vf vload(const f16* p) {
   return vload(t);
 }
 inline void vstore(bf16* p, vf v) {  // from_f32<bf16> on every lane, in integer vector operations
+#ifdef RNLIB_AVX512BF16
+  static_assert(sizeof(vf) == sizeof(__m512), "16 float lanes");
+  __m512 m;
+  std::memcpy(&m, &v, sizeof m);
+  const __m256bh b16 = _mm512_cvtneps_pbh(m);
+  std::memcpy(p, &b16, sizeof b16);
+  return;
+#endif
   vu u;
   std::memcpy(&u, &v, sizeof u);
   const vu is_nan = (vu)((u & 0x7fffffffu) > 0x7f800000u);

@@ -150,18 +150,21 @@ def test_nan_stays_in_its_row(rms):
     np.testing.assert_array_equal(out["dbias"], clean["dbias"])  # sum of dy: x plays no part
 
 
-def test_deterministic_and_isa_independent(monkeypatch):
-    inp = make_inputs(2053, 333, F32, residual=True, seed=5)
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+def test_deterministic_and_isa_independent(monkeypatch, dtype):
+    inp = make_inputs(2053, 333, dtype, residual=True, seed=5)
+    inp["x"][7, 3], inp["x"][9, 0] = np.nan, np.inf  # NaN/Inf rows: the 16-bit NaN encodings must agree too
     first = _run(native, inp, rms=False)
-    levels = sorted({native.isa_level(i) for i in (1, 2, 3)})
+    levels = sorted({native.isa_level(i) for i in (1, 2, 3, 4)})
     runs = [_run(native, inp, rms=False)]
     for level in levels:  # _ISA is read at trace time; _run jits afresh
         monkeypatch.setattr(native, "_ISA", level)
         runs.append(_run(native, inp, rms=False))
+    bits = lambda a: a.view(np.dtype(f"uint{8 * a.dtype.itemsize}"))  # bitwise, NaN payloads included
     for other in runs:
         for k, v in first.items():
             if v is not None:
-                np.testing.assert_array_equal(other[k], v, err_msg=k)
+                np.testing.assert_array_equal(bits(other[k]), bits(v), err_msg=k)
 
 
 @pytest.mark.parametrize("fmt", [BF16, F16])
