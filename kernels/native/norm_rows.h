@@ -151,8 +151,9 @@ inline void block_sums(int64_t b0, int64_t b1, Step step, Tail tail, float& s1, 
   s2 = lanes_total((q0 + q1) + (q2 + q3));
 }
 
-// sum(h - c)
-inline double sum_shifted(const float* h, float c, int64_t n) {
+// sum(h - c); with COPY, also writes h as float32 to `copy` (the row's first pass, for 16-bit inputs).
+template <class T, bool COPY>
+inline double sum_shifted(const T* h, float c, int64_t n, float* copy) {
   double total = 0.0;
   const vf vc = vsplat(c);
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
@@ -160,10 +161,17 @@ inline double sum_shifted(const float* h, float c, int64_t n) {
     block_sums(
         b0, std::min(n, b0 + kBlock),
         [&](int64_t i, vf& a, vf&) {
-          prefetch(h, i * 4);
-          a += vload(h + i) - vc;
+          prefetch(h, i * int64_t(sizeof(T)));
+          const vf v = vload(h + i);
+          if (COPY) vstore(copy + i, v);
+          a += v - vc;
         },
-        [&](int64_t i, int k, vf& a, vf&) { a[k] += h[i] - c; }, s1, s2);
+        [&](int64_t i, int k, vf& a, vf&) {
+          const float v = to_f32(h[i]);
+          if (COPY) copy[i] = v;
+          a[k] += v - c;
+        },
+        s1, s2);
     total += s1;
   }
   return total;
@@ -257,6 +265,8 @@ void fwd_rows(const FwdProblem& p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t off = r * W, bi = r / p.sh.rows;
     const float* hb = buf;
+    bool summed = false;  // sum(h - c) already taken while converting a 16-bit x
+    double sum = 0.0;
     if (p.res) {  // h = round_to_h_dtype(x + residual); the statistics are over the rounded h
       load(p.xt, p.x, off, buf, W);
       with_type(p.rt, [&](auto tag) { add_row<decltype(tag)>(p.res, off, buf, W); });
@@ -264,11 +274,19 @@ void fwd_rows(const FwdProblem& p, int64_t r0, int64_t r1) {
       if (p.ht != DT::F32) load(p.ht, p.h, off, buf, W);
     } else if (p.xt == DT::F32) {
       hb = static_cast<const float*>(p.x) + off;
-    } else {
+    } else if (p.rms) {
       load(p.xt, p.x, off, buf, W);
+    } else {  // layer norm of a 16-bit x: convert it while summing (one pass fewer over the row)
+      with_type(p.xt, [&](auto tag) {
+        using T = decltype(tag);
+        const T* xr = static_cast<const T*>(p.x) + off;
+        sum = sum_shifted<T, true>(xr, to_f32(xr[0]), W, buf);
+      });
+      summed = true;
     }
     const float c = p.rms ? 0.f : hb[0];
-    const float m = p.rms ? 0.f : float(sum_shifted(hb, c, W) / double(W));
+    if (!p.rms && !summed) sum = sum_shifted<float, false>(hb, c, W, nullptr);
+    const float m = p.rms ? 0.f : float(sum / double(W));
     float var = float(sum_sq_dev(hb, c, m, W) / double(W));
     if (var < 0.f) var = 0.f;  // (NaN passes through)
     const float rstd = 1.0f / std::sqrt(var + p.eps);
