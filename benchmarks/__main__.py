@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks import harness, report
 
+    harness.keep_freed_memory_mapped()  # same allocator behaviour for every candidate (see its docstring)
+
     try:
         from benchmarks import plots
     except ImportError as e:  # matplotlib missing (e.g. a bare GPU image): tables and JSON still get written

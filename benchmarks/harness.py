@@ -7,6 +7,7 @@ records of one run with each other.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
@@ -121,6 +122,24 @@ def compile_seconds(jitted: Any, *args: Any) -> tuple[Any, float]:
     t0 = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     return compiled, time.perf_counter() - t0
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_memory_mapped() -> bool:
+    """Ask glibc to serve allocations up to 32 MiB from its heap and to keep freed memory mapped.
+
+    Without this, whether an op's output lands in freshly mapped pages (a page fault per 4 KiB, which can
+    double the time of a memory-bound op) depends on which candidate freed what just before, so the same
+    op's time swung 1-4x between rounds of one interleaved run on our CPUs. It applies to every candidate
+    alike (XLA's and torch's allocations both go through glibc). Outputs above 32 MiB are always freshly
+    mapped (glibc's ceiling). Returns False where it does not apply (not glibc). Called once per process.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 @functools.lru_cache(maxsize=None)

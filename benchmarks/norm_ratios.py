@@ -18,6 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
+from benchmarks import harness  # noqa: E402
 from benchmarks.suites import norms, norms_torch  # noqa: E402
 
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     timing = {"target_s": args.target_s, "min_runs": 7, "max_runs": 100}
+    kept = harness.keep_freed_memory_mapped()
+    print(f"allocator: {'freed memory kept mapped (mallopt)' if kept else 'default'}")
     results = []
     print(f"{'shape':>10} {'dtype':>9} {'impl':>7} {'copy ms':>8} {'fwd/copy':>9} {'fwd+bwd/copy':>13} "
           f"{'linen/rnlib':>12} {'rnlib/torch':>12}   (targets: fwd/copy <= 1.15, linen/rnlib >= 2, rnlib/torch <= 1)")
