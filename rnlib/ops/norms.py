@@ -4,7 +4,7 @@ Every function follows the numerics contract of DESIGN.md: float32 statistics (f
 two-pass variance clamped at 0, ``rsqrt(var + epsilon)``, parameters broadcast like Flax
 (``reduction_axes``/``feature_axes``), output in ``dtype`` if given else the input dtype, cast once at the end,
 and a hand-written backward (``jax.custom_vjp``) that saves float32 ``mean``/``rstd``.
-Reverse-over-reverse differentiation (e.g. gradient penalties) works on the XLA path; forward-mode
+Reverse-over-reverse differentiation (e.g. gradient penalties) works on the XLA and native paths; forward-mode
 (``jax.jvp``/``jacfwd``) does not, as for any ``custom_vjp``.
 """
 from __future__ import annotations
