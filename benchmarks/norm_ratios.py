@@ -1,6 +1,7 @@
 """Print the CPU performance targets of the core norms issue, measured side by side in one run.
 
-    python benchmarks/norm_ratios.py [--shapes 4096x1024,8192x4096] [--dtypes float32,bfloat16] [--json FILE]
+    python benchmarks/norm_ratios.py [--shapes 4096x1024,8192x4096] [--dtypes float32,bfloat16] [--repeats 3]
+                                     [--json FILE]
 
 For each shape and dtype (layer_norm with scale and bias), timed round-robin with a jitted ``x + 1``, one line per
 rnlib implementation measured (``xla``, and ``native`` -- the C++ CPU kernel impl="auto" uses on CPU -- when built):
@@ -8,12 +9,16 @@ rnlib implementation measured (``xla``, and ``native`` -- the C++ CPU kernel imp
   fwd+bwd / copy      forward+backward time over copy time               (a copy moves 2|x|, fwd+bwd 5|x|)
   linen / rnlib       flax.linen.LayerNorm fwd+bwd time over rnlib's     (target >= 2)
   rnlib / torch       rnlib fwd+bwd time over torch's layer_norm         (target <= 1.0; only if torch imports)
+
+Each ratio is the median over ``--repeats`` separate interleaved runs (the JSON keeps every run's value): on a
+shared CPU one run's copy yardstick alone swung 2x between runs minutes apart.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
@@ -40,11 +45,29 @@ def ratios(rows: int, width: int, dtype: str, timing: dict) -> list[dict]:
     return out
 
 
+RATIOS = ("copy_ms", "fwd/copy", "fwd+bwd/copy", "linen/rnlib", "rnlib/torch")
+
+
+def median_of_runs(runs: list[list[dict]]) -> list[dict]:
+    """Combine repeated :func:`ratios` results (same impls, same order): each ratio's median, plus all runs."""
+    out = []
+    for recs in zip(*runs):
+        row = dict(recs[0])
+        row["times_ms"] = [r["times_ms"] for r in recs]
+        for k in RATIOS:
+            vals = [r[k] for r in recs if r[k] is not None]
+            row[k] = statistics.median(vals) if vals else None
+            row[f"{k} runs"] = vals
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="4096x1024,8192x4096")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--target-s", type=float, default=1.0, help="timed seconds per candidate")
+    ap.add_argument("--repeats", type=int, default=3, help="separate interleaved runs; ratios are their medians")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     timing = {"target_s": args.target_s, "min_runs": 7, "max_runs": 100}
@@ -52,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"allocator: {'freed memory kept mapped (mallopt)' if kept else 'default'}")
     results = []
     print(f"{'shape':>10} {'dtype':>9} {'impl':>7} {'copy ms':>8} {'fwd/copy':>9} {'fwd+bwd/copy':>13} "
-          f"{'linen/rnlib':>12} {'rnlib/torch':>12}   (targets: fwd/copy <= 1.15, linen/rnlib >= 2, rnlib/torch <= 1)")
+          f"{'linen/rnlib':>12} {'rnlib/torch':>12}   (targets: fwd/copy <= 1.15, linen/rnlib >= 2, rnlib/torch <= 1;"
+          f" medians of {max(args.repeats, 1)} runs)")
     fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
     for shape in args.shapes.split(","):
         rows, width = (int(v) for v in shape.split("x"))
         for dt in args.dtypes.split(","):
-            for r in ratios(rows, width, dt, timing):
+            for r in median_of_runs([ratios(rows, width, dt, timing) for _ in range(max(args.repeats, 1))]):
                 results.append(r)
                 print(f"{r['shape']:>10} {dt:>9} {r['impl']:>7} {r['copy_ms']:8.2f} {fmt(r['fwd/copy']):>9} "
                       f"{fmt(r['fwd+bwd/copy']):>13} {fmt(r['linen/rnlib']):>12} {fmt(r['rnlib/torch']):>12}",

@@ -19,6 +19,13 @@ Statistics are computed in float32 (float64 for float64 input). For precision wh
 by its first element ``c = h[:, 0]`` (an exact subtraction for nearby values), so the returned ``mean`` is
 the mean of ``h - c`` (0 for RMS) and ``x_hat = ((h - c) - mean) * rstd``. This saved form is private to this
 backend's forward/backward pair; :func:`true_mean` recovers the row mean.
+
+On CPU (``platform="cpu"``) the backward, and the forward of bf16/f16 input, run as a few fused passes over
+memory that XLA:CPU's fusion does not find on its own (:mod:`rnlib.ops.cpu_sums`): forward = mean pass,
+variance pass, output pass; backward = row sums, column sums (dscale/dbias), dx. That variance adds the
+corrected-two-pass term, ``var = (sum(d^2) - sum(d)^2 / W) / W`` with ``d = (h - c) - mean`` (zero in exact
+arithmetic, it cancels a rounding error in ``mean``). A float32 forward keeps the plain expression, which
+XLA:CPU already compiles to one fused loop, and so do other platforms, whose compilers fuse it well.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from rnlib.ops import cpu_sums
 
 Array = jax.Array
 
@@ -64,19 +73,51 @@ def row_stats(hf: Array, epsilon: float, rms: bool) -> tuple[Array, Array, Array
     return d, mean, lax.rsqrt(var + jnp.asarray(epsilon, hf.dtype))
 
 
+def _row_stats_cpu(src: Array, cdt: Any, epsilon: float, rms: bool) -> tuple[Array, Array]:
+    """``(mean, rstd)`` of a ``(R, W)`` array, as two fused passes on XLA:CPU (see :mod:`rnlib.ops.cpu_sums`)."""
+    width = src.shape[-1]
+    if rms:
+        return jnp.zeros(src.shape[:-1], cdt), lax.rsqrt(cpu_sums.row_sum(jnp.square(src.astype(cdt))) / width
+                                                          + jnp.asarray(epsilon, cdt))
+    mean = cpu_sums.row_sum(_shifted(src.astype(cdt), rms)) / width
+    d = _shifted(src.astype(cdt), rms) - mean[:, None]
+    sq, sd = cpu_sums.row_sums2(jnp.square(d), d)
+    var = jnp.maximum(sq - jnp.square(sd) / width, 0) / width  # corrected two-pass (see module docstring)
+    return mean, lax.rsqrt(var + jnp.asarray(epsilon, cdt))
+
+
+def _bwd_cpu(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Array], *, rms: bool,
+             has_bias: bool) -> tuple[Array, Optional[Array], Optional[Array]]:
+    """``(dx without dh_extra, dscale, dbias)`` on XLA:CPU: row sums, column sums, dx: three fused passes."""
+    cdt = mean.dtype
+    width = h.shape[-1]
+    xhat = x_hat(h, mean, rstd, rms)
+    dyf = dy.astype(cdt)
+    g = dyf * scale.astype(cdt) if scale is not None else dyf
+    sgx, sg = cpu_sums.row_sums2(g * xhat, g)
+    inner = g - xhat * (sgx / width)[:, None]
+    if not rms:
+        inner = inner - (sg / width)[:, None]
+    dscale, dbias = cpu_sums.col_sums2(dyf * xhat, dyf)
+    return rstd[:, None] * inner, dscale if scale is not None else None, dbias if has_bias else None
+
+
 def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: Optional[Array], *,
              epsilon: float, rms: bool, out_dtype: Any, residual_dtype: Any = None,
              platform: str = "cpu") -> tuple[Array, Optional[Array], Array, Array]:
     """Return ``(y, h, mean, rstd)``; ``h`` is the new residual (``None`` without a residual)."""
-    del platform
     cdt = compute_dtype(x.dtype, None if residual is None else residual.dtype)
     h = None
-    hf = x.astype(cdt)
     if residual is not None:
-        h = (hf + residual.astype(cdt)).astype(residual_dtype)
-        hf = h.astype(cdt)
-    d, mean, rstd = row_stats(hf, epsilon, rms)
-    y = d * rstd[:, None]
+        h = (x.astype(cdt) + residual.astype(cdt)).astype(residual_dtype)
+    src = x if h is None else h
+    if platform == "cpu" and src.dtype != cdt:
+        # bf16/f16 input: the plain expression below would have XLA:CPU write a float32 copy of src first.
+        mean, rstd = _row_stats_cpu(src, cdt, epsilon, rms)
+        y = x_hat(src, mean, rstd, rms)
+    else:
+        d, mean, rstd = row_stats(src.astype(cdt), epsilon, rms)
+        y = d * rstd[:, None]
     if scale is not None:
         y = y * scale.astype(cdt)
     if bias is not None:
@@ -88,17 +129,19 @@ def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Arra
              dh_extra: Optional[Array], *, rms: bool, has_bias: bool, dx_dtype: Any,
              platform: str = "cpu") -> tuple[Array, Optional[Array], Optional[Array]]:
     """Return ``(dx, dscale, dbias)`` for the forward above; ``dscale``/``dbias`` in the statistics dtype."""
-    del platform
     cdt = mean.dtype
-    dyf = dy.astype(cdt)
-    xhat = x_hat(h, mean, rstd, rms)
-    dscale = jnp.sum(dyf * xhat, axis=0) if scale is not None else None
-    dbias = jnp.sum(dyf, axis=0) if has_bias else None
-    g = dyf * scale.astype(cdt) if scale is not None else dyf
-    inner = g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
-    if not rms:
-        inner = inner - jnp.mean(g, axis=-1, keepdims=True)
-    dx = rstd[:, None] * inner
+    if platform == "cpu":
+        dx, dscale, dbias = _bwd_cpu(dy, h, mean, rstd, scale, rms=rms, has_bias=has_bias)
+    else:
+        dyf = dy.astype(cdt)
+        xhat = x_hat(h, mean, rstd, rms)
+        dscale = jnp.sum(dyf * xhat, axis=0) if scale is not None else None
+        dbias = jnp.sum(dyf, axis=0) if has_bias else None
+        g = dyf * scale.astype(cdt) if scale is not None else dyf
+        inner = g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
+        if not rms:
+            inner = inner - jnp.mean(g, axis=-1, keepdims=True)
+        dx = rstd[:, None] * inner
     if dh_extra is not None:
         dx = dx + dh_extra.astype(cdt)
     return dx.astype(dx_dtype), dscale, dbias

@@ -111,12 +111,13 @@ def test_norm_ratios_prints_one_line_per_rnlib_impl(tmp_path, capsys):
     from rnlib.ops import dispatch
 
     out = tmp_path / "ratios.json"
-    assert norm_ratios.main(["--shapes", "8x128", "--dtypes", "float32", "--target-s", "0.001",
+    assert norm_ratios.main(["--shapes", "8x128", "--dtypes", "float32", "--target-s", "0.001", "--repeats", "3",
                              "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     expected = {"xla"} | ({"native"} if dispatch.native_module() is not None else set())
     assert {r["impl"] for r in rows} == expected
     for r in rows:
         assert r["fwd/copy"] > 0 and r["fwd+bwd/copy"] > 0 and r["linen/rnlib"] > 0
+        assert len(r["fwd/copy runs"]) == 3 and r["fwd/copy"] == sorted(r["fwd/copy runs"])[1]  # the median
     printed = capsys.readouterr().out
     assert all(f" {impl} " in printed for impl in expected)
