@@ -70,12 +70,16 @@ def test_sums_differentiate_like_jnp_sum():
         np.testing.assert_allclose(h1, h2, rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("shape", [(96, 1024), (64, 100), (7, 256)])
+@pytest.mark.parametrize("shape", [(96, 1024), (64, 100), (7, 256), (2048, 128)])
 @pytest.mark.parametrize("rms", [False, True])
 @pytest.mark.parametrize("in_dtype", [jnp.float32, jnp.bfloat16])
-def test_xla_cpu_norm_matches_float64(shape, rms, in_dtype):
-    """The CPU arrangement of norm_xla (all splits active at 96x1024; the forward's own passes for bf16 input)
-    against the float64 reference, outputs kept in float32, including a hostile row (mean 1e4, std 1e-2)."""
+def test_xla_cpu_norm_matches_float64(shape, rms, in_dtype, monkeypatch):
+    """The CPU arrangement of norm_xla (forced for the small shapes; all splits active at 96x1024; the forward's
+    own passes for bf16 input) against the float64 reference, outputs kept in float32, including a hostile row
+    (mean 1e4, std 1e-2). 2048 x 128 takes the arrangement by default."""
+    if shape[0] < norm_xla.ARRANGE_MIN_ROWS:
+        monkeypatch.setattr(norm_xla, "ARRANGE_MIN_ROWS", 1)
+    assert norm_xla._arranged("cpu", shape)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
     x[0] = 1e4 + 1e-2 * rng.standard_normal(shape[1]) if in_dtype == jnp.float32 else 1e2 + rng.standard_normal(shape[1])
