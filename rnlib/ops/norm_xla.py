@@ -74,9 +74,10 @@ def row_stats(hf: Array, epsilon: float, rms: bool) -> tuple[Array, Array, Array
     return d, mean, lax.rsqrt(var + jnp.asarray(epsilon, hf.dtype))
 
 
-# When the CPU arrangement pays (measured on 2 cores, jax 0.10.2, forward+backward vs the plain expressions):
-# 0.5-0.8x the time from 4096 rows up (0.23-0.32x for 16 x 65536, where XLA's plain column sum is pathological),
-# but 1.04-1.5x for 64-1024 rows of width 1024-16384, where the extra loops' fixed costs dominate.
+# Where the CPU arrangement pays (2 cores, jax 0.10.2, forward+backward time over the plain expressions'):
+# 0.4-0.85 from 4096 rows up, 0.27-0.4 for 16 x 65536 (XLA's plain column sum of a few long rows is pathological),
+# but 0.86-1.5, mostly above 1, for 16-1024 rows of width 1024-16384, where the extra loops' fixed costs dominate.
+# Re-measure with benchmarks/xla_cpu_arrangement.py.
 ARRANGE_MIN_ROWS = 2048
 ARRANGE_MIN_WIDTH = 32768
 
@@ -124,7 +125,7 @@ def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: 
     if residual is not None:
         h = (x.astype(cdt) + residual.astype(cdt)).astype(residual_dtype)
     src = x if h is None else h
-    if _arranged(platform, src.shape) and src.dtype != cdt and src.shape[0] >= ARRANGE_MIN_ROWS:
+    if platform == "cpu" and src.dtype != cdt and src.shape[0] >= ARRANGE_MIN_ROWS:
         # bf16/f16 input: the plain expression below would have XLA:CPU write a float32 copy of src first
         # (for a few very wide rows the three passes cost more than that copy).
         mean, rstd = _row_stats_cpu(src, cdt, epsilon, rms)
