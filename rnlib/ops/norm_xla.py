@@ -93,27 +93,20 @@ def _row_stats_cpu(src: Array, cdt: Any, epsilon: float, rms: bool) -> tuple[Arr
     if rms:
         return jnp.zeros(src.shape[:-1], cdt), lax.rsqrt(cpu_sums.row_sum(jnp.square(src.astype(cdt))) / width
                                                           + jnp.asarray(epsilon, cdt))
-    mean = cpu_sums.row_sum(_shifted(src.astype(cdt), rms)) / width
-    d = _shifted(src.astype(cdt), rms) - mean[:, None]
+    s = _shifted(src.astype(cdt), rms)
+    mean = cpu_sums.row_sum(s) / width
+    d = s - mean[:, None]
     sq, sd = cpu_sums.row_sums2(jnp.square(d), d)
     var = jnp.maximum(sq - jnp.square(sd) / width, 0) / width  # corrected two-pass (see module docstring)
     return mean, lax.rsqrt(var + jnp.asarray(epsilon, cdt))
 
 
-def _bwd_cpu(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Array], *, rms: bool,
-             has_bias: bool) -> tuple[Array, Optional[Array], Optional[Array]]:
-    """``(dx without dh_extra, dscale, dbias)`` on XLA:CPU: row sums, column sums, dx: three fused passes."""
-    cdt = mean.dtype
-    width = h.shape[-1]
-    xhat = x_hat(h, mean, rstd, rms)
-    dyf = dy.astype(cdt)
-    g = dyf * scale.astype(cdt) if scale is not None else dyf
-    sgx, sg = cpu_sums.row_sums2(g * xhat, g)
-    inner = g - xhat * (sgx / width)[:, None]
-    if not rms:
-        inner = inner - (sg / width)[:, None]
-    dscale, dbias = cpu_sums.col_sums2(dyf * xhat, dyf)
-    return rstd[:, None] * inner, dscale if scale is not None else None, dbias if has_bias else None
+def _plain_row_sums2(a: Array, b: Array) -> tuple[Array, Array]:
+    return jnp.sum(a, axis=-1), jnp.sum(b, axis=-1)
+
+
+def _plain_col_sums2(a: Array, b: Array) -> tuple[Array, Array]:
+    return jnp.sum(a, axis=0), jnp.sum(b, axis=0)
 
 
 def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: Optional[Array], *,
@@ -145,18 +138,21 @@ def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Arra
              platform: str = "cpu") -> tuple[Array, Optional[Array], Optional[Array]]:
     """Return ``(dx, dscale, dbias)`` for the forward above; ``dscale``/``dbias`` in the statistics dtype."""
     cdt = mean.dtype
-    if _arranged(platform, h.shape):
-        dx, dscale, dbias = _bwd_cpu(dy, h, mean, rstd, scale, rms=rms, has_bias=has_bias)
-    else:
-        dyf = dy.astype(cdt)
-        xhat = x_hat(h, mean, rstd, rms)
-        dscale = jnp.sum(dyf * xhat, axis=0) if scale is not None else None
-        dbias = jnp.sum(dyf, axis=0) if has_bias else None
-        g = dyf * scale.astype(cdt) if scale is not None else dyf
-        inner = g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
-        if not rms:
-            inner = inner - jnp.mean(g, axis=-1, keepdims=True)
-        dx = rstd[:, None] * inner
+    arranged = _arranged(platform, h.shape)
+    row_sums2 = cpu_sums.row_sums2 if arranged else _plain_row_sums2
+    col_sums2 = cpu_sums.col_sums2 if arranged else _plain_col_sums2
+    width = h.shape[-1]
+    xhat = x_hat(h, mean, rstd, rms)
+    dyf = dy.astype(cdt)
+    g = dyf * scale.astype(cdt) if scale is not None else dyf
+    sgx, sg = row_sums2(g * xhat, g)  # the sum of g is dead code for RMS (XLA drops it)
+    inner = g - xhat * (sgx / width)[:, None]
+    if not rms:
+        inner = inner - (sg / width)[:, None]
+    dx = rstd[:, None] * inner
+    dscale, dbias = col_sums2(dyf * xhat, dyf)
+    dscale = dscale if scale is not None else None
+    dbias = dbias if has_bias else None
     if dh_extra is not None:
         dx = dx + dh_extra.astype(cdt)
     return dx.astype(dx_dtype), dscale, dbias
