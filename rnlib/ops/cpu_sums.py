@@ -2,20 +2,21 @@
 
 Why they exist: XLA:CPU (jax 0.10) hands a plain ``jnp.sum`` to a YNN fusion. YNN cannot fuse the producers a
 norm has (a bf16 -> f32 convert, a shift by a row's first element, a product with a broadcast statistic), so XLA
-writes each of them out at full size first and YNN then reads it back; a layer norm's forward+backward made ~9
-full passes over memory that way. XLA's own loop emitter fuses any elementwise producer into a reduction, but it
-only gets reductions YNN does not take -- variadic ones -- and it adds sequentially, which is slow for column
-sums and loses precision on long rows. So each sum here is a variadic reduce over a split axis:
+writes each of them out at full size first and YNN then reads it back; a layer norm's forward+backward moved about
+18 |x| of memory that way. XLA's own loop emitter fuses any elementwise producer into a reduction, but it only
+gets reductions YNN does not take -- variadic ones -- and it adds sequentially, which is slow for column sums and
+loses precision on long rows. So each sum here is a variadic reduce over a split axis:
 
 * rows: ``(R, W)`` viewed as ``(R, W/64, 64)`` and reduced over the middle axis (64 interleaved partial sums of
-  at most 1024 terms each, vector-friendly), then over the 64 partials;
+  at most 1024 terms each, vector-friendly), then over the 64 partials. Widths that do not split: ``row_sums2``
+  uses ``jnp.sum``, ``row_sum`` its compensated sum along the whole row;
 * columns: ``(R, W)`` viewed as ``(R/32, 32, W)`` and reduced over the middle axis, repeatedly, until at most
-  32 partial rows are left for a pairwise tree of row adds.
+  32 partial rows are left for a pairwise tree of row adds (any ``R``).
 
-Shapes that do not split fall back to ``jnp.sum``. The sums are linear, so each has a ``custom_jvp`` whose
-tangent is the plain ``jnp.sum`` of the tangents (JAX's generic rule for variadic reduces fails on symbolic
-zero tangents and cannot be transposed): grad-of-grad through the norms works. The arithmetic is ordinary float32 (float64) summation in a
-fixed order; precision is at the level of ``jnp.sum`` (tests compare with float64 references).
+The sums are linear, so each has a ``custom_jvp`` whose tangent is the plain ``jnp.sum`` of the tangents (JAX's
+generic rule for variadic reduces fails on symbolic zero tangents and cannot be transposed): grad-of-grad through
+the norms works. The arithmetic is ordinary float32 (float64) summation in a fixed order; precision is at the
+level of ``jnp.sum`` (tests compare with float64 references).
 """
 from __future__ import annotations
 
