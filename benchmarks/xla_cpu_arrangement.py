@@ -2,7 +2,7 @@
 
     python benchmarks/xla_cpu_arrangement.py [--shapes 4096x1024,256x4096,...] [--dtypes float32,bfloat16]
 
-``rnlib.ops.norm_xla`` switches to the arrangement at ``ARRANGE_MIN_ROWS`` rows or ``ARRANGE_MIN_WIDTH`` columns;
+``rnlib.ops.norm_xla`` switches to the arrangement at ``ARRANGE_MIN_SIZE`` elements;
 this script measured where that pays. For each shape and dtype it compiles layer_norm(impl="xla") twice, once
 with the arrangement forced on and once forced off, and times forward and forward+backward of both round-robin
 with a jitted ``x + 1``. It prints arranged/plain time ratios (below 1: the arrangement is faster) and whether
@@ -30,12 +30,12 @@ SHAPES = "4096x1024,8192x4096,4096x256,16x65536,256x4096,1024x1024"
 @contextlib.contextmanager
 def arrangement(on: bool):
     """Force the CPU arrangement on or off while functions are traced (thresholds are read at trace time)."""
-    saved = norm_xla.ARRANGE_MIN_ROWS, norm_xla.ARRANGE_MIN_WIDTH
-    norm_xla.ARRANGE_MIN_ROWS, norm_xla.ARRANGE_MIN_WIDTH = (1, 1) if on else (2**62, 2**62)
+    saved = norm_xla.ARRANGE_MIN_SIZE
+    norm_xla.ARRANGE_MIN_SIZE = 1 if on else 2**62
     try:
         yield
     finally:
-        norm_xla.ARRANGE_MIN_ROWS, norm_xla.ARRANGE_MIN_WIDTH = saved
+        norm_xla.ARRANGE_MIN_SIZE = saved
 
 
 def compiled_pair(x: jax.Array, cot: jax.Array, params: tuple, on: bool) -> tuple:

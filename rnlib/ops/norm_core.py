@@ -44,11 +44,14 @@ def _backend(cfg: NormConfig):
 def norm2d(cfg: NormConfig, x: jax.Array, residual: Optional[jax.Array], scale: Optional[jax.Array],
            bias: Optional[jax.Array]):
     """Normalise ``x`` (or ``x + residual``) of shape ``(R, W)`` over its last axis; see module docstring."""
-    return _fwd(cfg, x, residual, scale, bias)[0]
+    return _fwd(cfg, x, residual, scale, bias, saving=False)[0]
 
 
-def _fwd(cfg, x, residual, scale, bias):
-    y, h, mean, rstd = _backend(cfg).norm_fwd(
+def _fwd(cfg, x, residual, scale, bias, saving=True):
+    backend = _backend(cfg)
+    # A backend may compile its forward differently when the statistics feed a backward in the same program.
+    fwd = getattr(backend, "norm_fwd_for_backward", backend.norm_fwd) if saving else backend.norm_fwd
+    y, h, mean, rstd = fwd(
         x, residual, scale, bias, epsilon=cfg.epsilon, rms=cfg.rms, out_dtype=cfg.out_dtype,
         residual_dtype=cfg.residual_dtype, platform=cfg.platform)
     if cfg.with_stats:  # with_stats always runs on the XLA backend (see norms.py)

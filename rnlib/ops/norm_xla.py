@@ -20,13 +20,14 @@ by its first element ``c = h[:, 0]`` (an exact subtraction for nearby values), s
 the mean of ``h - c`` (0 for RMS) and ``x_hat = ((h - c) - mean) * rstd``. This saved form is private to this
 backend's forward/backward pair; :func:`true_mean` recovers the row mean.
 
-On CPU (``platform="cpu"``), for at least 2048 rows or 32768 columns, the backward, and the forward of
-bf16/f16 input with at least 2048 rows, run as a few fused passes over memory that XLA:CPU's fusion does not find
-on its own (:mod:`rnlib.ops.cpu_sums`): forward = mean pass, variance pass, output pass; backward = row sums,
-column sums (dscale/dbias), dx. That variance adds the corrected-two-pass term,
-``var = (sum(d^2) - sum(d)^2 / W) / W`` with ``d = (h - c) - mean`` (zero in exact arithmetic, it cancels a
-rounding error in ``mean``). Smaller problems, a float32 forward (one fused loop already), and other platforms,
-whose compilers fuse well, keep the plain expressions above. ``ARRANGE_MIN_ROWS`` records the measurements.
+On CPU (``platform="cpu"``), for problems of at least 65536 elements, the backward, the forward of bf16/f16
+input, and the float32 forward when its statistics feed a backward in the same program (:func:`norm_fwd_for_backward`),
+run as a few fused passes over memory that XLA:CPU's fusion does not find on its own (:mod:`rnlib.ops.cpu_sums`):
+forward = mean pass, variance pass, output pass; backward = row sums, column sums (dscale/dbias), dx. That
+variance adds the corrected-two-pass term, ``var = (sum(d^2) - sum(d)^2 / W) / W`` with ``d = (h - c) - mean``
+(zero in exact arithmetic, it cancels a rounding error in ``mean``). Smaller problems, a float32 forward on its
+own (one fused loop already), and other platforms, whose compilers fuse well, keep the plain expressions above.
+``ARRANGE_MIN_SIZE`` records the measurements.
 """
 from __future__ import annotations
 
@@ -74,17 +75,17 @@ def row_stats(hf: Array, epsilon: float, rms: bool) -> tuple[Array, Array, Array
     return d, mean, lax.rsqrt(var + jnp.asarray(epsilon, hf.dtype))
 
 
-# Where the CPU arrangement pays (2 cores, jax 0.10.2, forward+backward time over the plain expressions'):
-# 0.4-0.85 from 4096 rows up, 0.27-0.4 for 16 x 65536 (XLA's plain column sum of a few long rows is pathological),
-# but 0.86-1.5, mostly above 1, for 16-1024 rows of width 1024-16384, where the extra loops' fixed costs dominate.
-# Re-measure with benchmarks/xla_cpu_arrangement.py.
-ARRANGE_MIN_ROWS = 2048
-ARRANGE_MIN_WIDTH = 32768
+# Where the CPU arrangement pays (2 cores, jax 0.10.2, forward+backward time over the plain expressions', from
+# benchmarks/xla_cpu_arrangement.py): 0.2-0.45 from 4096 x 1024 up, 0.1 for 16 x 65536 (XLA's plain column sum of
+# a few long rows is pathological), 0.5-0.8 at 64K-1M elements (64 x 1024 ... 1024 x 1024, 512 x 128, 1024 x 64),
+# but 1.1-2.0 at 16K-32K elements (16 x 1024, 32 x 1024, 64 x 256, 256 x 128), where the extra loops' fixed
+# costs dominate.
+ARRANGE_MIN_SIZE = 65536
 
 
 def _arranged(platform: str, shape: tuple[int, ...]) -> bool:
     """Whether to use the XLA:CPU arrangement (module docstring) for a ``(R, W)`` problem."""
-    return platform == "cpu" and (shape[0] >= ARRANGE_MIN_ROWS or shape[1] >= ARRANGE_MIN_WIDTH)
+    return platform == "cpu" and shape[0] * shape[1] >= ARRANGE_MIN_SIZE
 
 
 def _row_stats_cpu(src: Array, cdt: Any, epsilon: float, rms: bool) -> tuple[Array, Array]:
@@ -111,16 +112,21 @@ def _plain_col_sums2(a: Array, b: Array) -> tuple[Array, Array]:
 
 def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: Optional[Array], *,
              epsilon: float, rms: bool, out_dtype: Any, residual_dtype: Any = None,
-             platform: str = "cpu") -> tuple[Array, Optional[Array], Array, Array]:
-    """Return ``(y, h, mean, rstd)``; ``h`` is the new residual (``None`` without a residual)."""
+             platform: str = "cpu", for_backward: bool = False) -> tuple[Array, Optional[Array], Array, Array]:
+    """Return ``(y, h, mean, rstd)``; ``h`` is the new residual (``None`` without a residual).
+
+    ``for_backward``: the statistics are saved for a backward pass in the same program (see
+    :func:`norm_fwd_for_backward`); on CPU that makes the float32 forward take the arranged passes too.
+    """
     cdt = compute_dtype(x.dtype, None if residual is None else residual.dtype)
     h = None
     if residual is not None:
         h = (x.astype(cdt) + residual.astype(cdt)).astype(residual_dtype)
     src = x if h is None else h
-    if platform == "cpu" and src.dtype != cdt and src.shape[0] >= ARRANGE_MIN_ROWS:
-        # bf16/f16 input: the plain expression below would have XLA:CPU write a float32 copy of src first
-        # (for a few very wide rows the three passes cost more than that copy).
+    if _arranged(platform, src.shape) and (src.dtype != cdt or for_backward):
+        # bf16/f16 input: the plain expression below would have XLA:CPU write a float32 copy of src first.
+        # float32 alone is one fused loop, but next to a backward XLA:CPU shares x_hat with it and writes out
+        # the centred input, a broadcast rstd and x_hat (three extra full-size arrays) to do so.
         mean, rstd = _row_stats_cpu(src, cdt, epsilon, rms)
         y = x_hat(src, mean, rstd, rms)
     else:
@@ -131,6 +137,11 @@ def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: 
     if bias is not None:
         y = y + bias.astype(cdt)
     return y.astype(out_dtype), h, mean, rstd
+
+
+def norm_fwd_for_backward(*args: Any, **kwargs: Any) -> tuple[Array, Optional[Array], Array, Array]:
+    """:func:`norm_fwd` when its statistics are saved for :func:`norm_bwd` (the custom VJP's forward rule)."""
+    return norm_fwd(*args, **kwargs, for_backward=True)
 
 
 def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Array],

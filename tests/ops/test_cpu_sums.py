@@ -8,8 +8,10 @@ import pytest
 from rnlib.ops import cpu_sums, norm_xla
 import norm_reference as ref
 
-# (R, W): both splits apply; only the row split; only the column split; neither; long rows (plain fallback).
-SHAPES = [(96, 1024), (7, 256), (64, 100), (5, 61), (2, 64 * 2048)]
+# (R, W): row split over two levels + column blocks of 8; row split only; a 4-column row tail; a row tail and
+# neither split (W < 16 rows are a tail); two column levels with leftover rows, 17 partials per row; more than 1024
+# row partials (jnp.sum on them) with a 7-column tail; long rows over four levels.
+SHAPES = [(96, 1024), (7, 256), (64, 100), (5, 61), (300, 272), (37, 16 * 1031 + 7), (2, 64 * 2048)]
 
 
 def _data(shape, dtype, seed=0, offset=3.0):
@@ -45,7 +47,8 @@ def test_row_sum_is_compensated():
     """1e8 followed by many ones: a plain float32 sequential sum loses every 1; the compensated sum keeps them."""
     a = jnp.ones((2, 64 * 64), jnp.float32).at[:, 0].set(1e8)
     got = np.asarray(jax.jit(cpu_sums.row_sum)(a), np.float64)
-    # float32 nearest to the exact 1e8 + 4095; plain lanes would give 1e8 + 4032, a sequential sum 1e8.
+    # float32 nearest to the exact 1e8 + 4095; uncompensated 16-term partials would give 1e8 + 4080, a
+    # sequential sum 1e8.
     np.testing.assert_array_equal(got, np.float32(1e8 + 64 * 64 - 1))
 
 
@@ -70,15 +73,15 @@ def test_sums_differentiate_like_jnp_sum():
         np.testing.assert_allclose(h1, h2, rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("shape", [(96, 1024), (64, 100), (7, 256), (2048, 128)])
+@pytest.mark.parametrize("shape", [(96, 1024), (64, 100), (37, 1153), (7, 256), (512, 128)])
 @pytest.mark.parametrize("rms", [False, True])
 @pytest.mark.parametrize("in_dtype", [jnp.float32, jnp.bfloat16])
 def test_xla_cpu_norm_matches_float64(shape, rms, in_dtype, monkeypatch):
-    """The CPU arrangement of norm_xla (forced for the small shapes; all splits active at 96x1024; the forward's
-    own passes for bf16 input) against the float64 reference, outputs kept in float32, including a hostile row
-    (mean 1e4, std 1e-2). 2048 x 128 takes the arrangement by default."""
-    if shape[0] < norm_xla.ARRANGE_MIN_ROWS:
-        monkeypatch.setattr(norm_xla, "ARRANGE_MIN_ROWS", 1)
+    """The CPU arrangement of norm_xla, forward (its passes, as before a backward) and backward, against the float64
+    reference, outputs kept in float32, including a hostile row (mean 1e4, std 1e-2). Forced for the small shapes;
+    512 x 128 takes it by default; 64 x 100 and 37 x 1153 have row tails, 37 rows a column remainder."""
+    if shape[0] * shape[1] < norm_xla.ARRANGE_MIN_SIZE:
+        monkeypatch.setattr(norm_xla, "ARRANGE_MIN_SIZE", 1)
     assert norm_xla._arranged("cpu", shape)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
@@ -88,8 +91,8 @@ def test_xla_cpu_norm_matches_float64(shape, rms, in_dtype, monkeypatch):
     eps = 1e-6
 
     def fwd_bwd(x, dy, scale, bias):
-        y, _, mean, rstd = norm_xla.norm_fwd(x, None, scale, bias, epsilon=eps, rms=rms, out_dtype=jnp.float32,
-                                             platform="cpu")
+        y, _, mean, rstd = norm_xla.norm_fwd_for_backward(x, None, scale, bias, epsilon=eps, rms=rms,
+                                                          out_dtype=jnp.float32, platform="cpu")
         dx, ds, db = norm_xla.norm_bwd(dy, x, mean, rstd, scale, None, rms=rms, has_bias=True,
                                        dx_dtype=jnp.float32, platform="cpu")
         return y, dx, ds, db
