@@ -24,7 +24,7 @@ from benchmarks import harness  # noqa: E402
 from rnlib import ops  # noqa: E402
 from rnlib.ops import norm_xla  # noqa: E402
 
-SHAPES = "4096x1024,8192x4096,4096x256,16x65536,256x4096,1024x1024"
+SHAPES = "4096x1024,8192x4096,4096x256,16x65536,4096x1000,1024x1024,64x1024,256x128,1024x64,32x1024,64x256"
 
 
 @contextlib.contextmanager
