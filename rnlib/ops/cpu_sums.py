@@ -118,13 +118,15 @@ def _add_rows(a: Array) -> Array:
     return rows[0]
 
 
-def _col_pair(a: Array, b: Array, block: int) -> tuple[Array, Array]:
+def _col_pair(a: Array, b: Array, block: int, reducer=_pair) -> tuple[Array, Array]:
+    """Column sums of a pair, first in blocks of ``block`` rows combined with ``reducer``, then as described in
+    :func:`col_sums2`."""
     rows, width = a.shape
     if rows <= block:
         return _add_rows(a), _add_rows(b)
     head = rows - rows % block
     split = (head // block, block, width)
-    pa, pb = _reduce((a[:head].reshape(split), b[:head].reshape(split)), _pair, 1)
+    pa, pb = _reduce((a[:head].reshape(split), b[:head].reshape(split)), reducer, 1)
     if head < rows:  # the last rows % block rows become one more partial row
         pa = jnp.concatenate([pa, _add_rows(a[head:])[None]])
         pb = jnp.concatenate([pb, _add_rows(b[head:])[None]])
@@ -140,3 +142,24 @@ def col_sums2(a: Array, b: Array) -> tuple[Array, Array]:
     case of all: 38x a copy's time for 16 x 65536).
     """
     return _col_pair(a, b, COL_BLOCK)
+
+
+@_linear(lambda a: jnp.sum(a, axis=0))
+def col_sum(a: Array) -> Array:
+    """``sum(a, 0)`` of an ``(R, W)`` array, in one fused pass. Returns ``(W,)``.
+
+    Kept variadic, like :func:`row_sum`, by a compensated (sum, error) pair in the first blocks of rows (a lone
+    ``jnp.sum`` would go to YNN, which writes out the norm's products first).
+    """
+    total, err = _col_pair(a, jnp.zeros_like(a), COL_BLOCK, _two_sum)
+    return total + err
+
+
+def row_sums(*arrays: Array) -> tuple[Array, ...]:
+    """Row sums of one or two ``(R, W)`` arrays (:func:`row_sum`, :func:`row_sums2`), as a tuple of ``(R,)``."""
+    return (row_sum(*arrays),) if len(arrays) == 1 else row_sums2(*arrays)
+
+
+def col_sums(*arrays: Array) -> tuple[Array, ...]:
+    """Column sums of one or two ``(R, W)`` arrays (:func:`col_sum`, :func:`col_sums2`), as a tuple of ``(W,)``."""
+    return (col_sum(*arrays),) if len(arrays) == 1 else col_sums2(*arrays)

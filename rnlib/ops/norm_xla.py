@@ -102,12 +102,12 @@ def _row_stats_cpu(src: Array, cdt: Any, epsilon: float, rms: bool) -> tuple[Arr
     return mean, lax.rsqrt(var + jnp.asarray(epsilon, cdt))
 
 
-def _plain_row_sums2(a: Array, b: Array) -> tuple[Array, Array]:
-    return jnp.sum(a, axis=-1), jnp.sum(b, axis=-1)
+def _plain_row_sums(*arrays: Array) -> tuple[Array, ...]:
+    return tuple(jnp.sum(a, axis=-1) for a in arrays)
 
 
-def _plain_col_sums2(a: Array, b: Array) -> tuple[Array, Array]:
-    return jnp.sum(a, axis=0), jnp.sum(b, axis=0)
+def _plain_col_sums(*arrays: Array) -> tuple[Array, ...]:
+    return tuple(jnp.sum(a, axis=0) for a in arrays)
 
 
 def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: Optional[Array], *,
@@ -150,20 +150,23 @@ def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Arra
     """Return ``(dx, dscale, dbias)`` for the forward above; ``dscale``/``dbias`` in the statistics dtype."""
     cdt = mean.dtype
     arranged = _arranged(platform, h.shape)
-    row_sums2 = cpu_sums.row_sums2 if arranged else _plain_row_sums2
-    col_sums2 = cpu_sums.col_sums2 if arranged else _plain_col_sums2
+    row_sums = cpu_sums.row_sums if arranged else _plain_row_sums
+    col_sums = cpu_sums.col_sums if arranged else _plain_col_sums
     width = h.shape[-1]
     xhat = x_hat(h, mean, rstd, rms)
     dyf = dy.astype(cdt)
     g = dyf * scale.astype(cdt) if scale is not None else dyf
-    sgx, sg = row_sums2(g * xhat, g)  # the sum of g is dead code for RMS (XLA drops it)
-    inner = g - xhat * (sgx / width)[:, None]
+    # Only the sums that are used: an unused half of a pair would be dropped by XLA, and the lone sum left
+    # would go to YNN (see cpu_sums); the single-array sums stay on the emitter.
+    sums = row_sums(g * xhat) if rms else row_sums(g * xhat, g)
+    inner = g - xhat * (sums[0] / width)[:, None]
     if not rms:
-        inner = inner - (sg / width)[:, None]
+        inner = inner - (sums[1] / width)[:, None]
     dx = rstd[:, None] * inner
-    dscale, dbias = col_sums2(dyf * xhat, dyf)
-    dscale = dscale if scale is not None else None
-    dbias = dbias if has_bias else None
+    wanted = [a for a, want in ((dyf * xhat, scale is not None), (dyf, has_bias)) if want]
+    col = iter(col_sums(*wanted) if wanted else ())
+    dscale = next(col) if scale is not None else None
+    dbias = next(col) if has_bias else None
     if dh_extra is not None:
         dx = dx + dh_extra.astype(cdt)
     return dx.astype(dx_dtype), dscale, dbias
