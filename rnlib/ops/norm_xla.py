@@ -20,12 +20,12 @@ by its first element ``c = h[:, 0]`` (an exact subtraction for nearby values), s
 the mean of ``h - c`` (0 for RMS) and ``x_hat = ((h - c) - mean) * rstd``. This saved form is private to this
 backend's forward/backward pair; :func:`true_mean` recovers the row mean.
 
-On CPU (``platform="cpu"``), for problems of at least 65536 elements, the backward, the forward of bf16/f16
-input, and the float32 forward when its statistics feed a backward in the same program (:func:`norm_fwd_for_backward`),
+On CPU (``platform="cpu"``), for problems of at least 65536 elements, the backward, the layer-norm forward of
+bf16/f16 input, and any forward whose statistics feed a backward in the same program (:func:`norm_fwd_for_backward`),
 run as a few fused passes over memory that XLA:CPU's fusion does not find on its own (:mod:`rnlib.ops.cpu_sums`):
 forward = mean pass, variance pass, output pass; backward = row sums, column sums (dscale/dbias), dx. That
 variance adds the corrected-two-pass term, ``var = (sum(d^2) - sum(d)^2 / W) / W`` with ``d = (h - c) - mean``
-(zero in exact arithmetic, it cancels a rounding error in ``mean``). Smaller problems, a float32 forward on its
+(zero in exact arithmetic, it cancels a rounding error in ``mean``). Smaller problems, other forwards on their
 own (one fused loop already), and other platforms, whose compilers fuse well, keep the plain expressions above.
 ``ARRANGE_MIN_SIZE`` records the measurements.
 """
@@ -123,10 +123,10 @@ def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: 
     if residual is not None:
         h = (x.astype(cdt) + residual.astype(cdt)).astype(residual_dtype)
     src = x if h is None else h
-    if _arranged(platform, src.shape) and (src.dtype != cdt or for_backward):
-        # bf16/f16 input: the plain expression below would have XLA:CPU write a float32 copy of src first.
-        # float32 alone is one fused loop, but next to a backward XLA:CPU shares x_hat with it and writes out
-        # the centred input, a broadcast rstd and x_hat (three extra full-size arrays) to do so.
+    if _arranged(platform, src.shape) and (for_backward or (src.dtype != cdt and not rms)):
+        # A forward on its own is one fused (YNN) loop in the plain form, except for a bf16/f16 layer norm: its
+        # shift reads src a second time, and then XLA:CPU writes a float32 copy of src first. Next to a backward,
+        # XLA:CPU shares x_hat with it and writes out the centred input, a broadcast rstd and x_hat to do so.
         mean, rstd = _row_stats_cpu(src, cdt, epsilon, rms)
         y = x_hat(src, mean, rstd, rms)
     else:
