@@ -76,9 +76,9 @@ def row_stats(hf: Array, epsilon: float, rms: bool) -> tuple[Array, Array, Array
 
 
 # Where the CPU arrangement pays (2 cores, jax 0.10.2, forward+backward time over the plain expressions', from
-# benchmarks/xla_cpu_arrangement.py): 0.2-0.45 from 4096 x 1024 up, 0.1 for 16 x 65536 (XLA's plain column sum of
-# a few long rows is pathological), 0.5-0.8 at 64K-1M elements (64 x 1024 ... 1024 x 1024, 512 x 128, 1024 x 64),
-# but 1.1-2.0 at 16K-32K elements (16 x 1024, 32 x 1024, 64 x 256, 256 x 128), where the extra loops' fixed
+# benchmarks/xla_cpu_arrangement.py): 0.2-0.5 from 4096 x 256 up, 0.1 for 16 x 65536 (XLA's plain column sum of
+# a few long rows is pathological), 0.5-0.9 at 64K-1M elements (64 x 1024 ... 1024 x 1024, 512 x 128, 1024 x 64),
+# but 1.1-1.8 at 16K-32K elements (16 x 1024, 32 x 1024, 64 x 256, 256 x 128), where the extra loops' fixed
 # costs dominate.
 ARRANGE_MIN_SIZE = 65536
 
@@ -116,7 +116,7 @@ def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: 
     """Return ``(y, h, mean, rstd)``; ``h`` is the new residual (``None`` without a residual).
 
     ``for_backward``: the statistics are saved for a backward pass in the same program (see
-    :func:`norm_fwd_for_backward`); on CPU that makes the float32 forward take the arranged passes too.
+    :func:`norm_fwd_for_backward`); on CPU every forward of an arranged size then takes the arranged passes.
     """
     cdt = compute_dtype(x.dtype, None if residual is None else residual.dtype)
     h = None
