@@ -63,7 +63,8 @@ def plot(results: dict, depths: list[int], path: str, title: str) -> None:
         ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'}: training error (train mode, augmented)")
         ax.set_xlabel("step")
         ax.set_yscale("symlog", linthresh=1)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a panel the run has no curves for stays bare
+            ax.legend()
     axes[0].set_ylabel("training error (%)")
     fig.suptitle(title)
     fig.tight_layout()

@@ -99,7 +99,8 @@ def plot(results: dict, path: str, title: str, target: float) -> None:
                         label=f"{cell} (test acc {results[cell]['test_accuracy']['mean']:.1%})" if i == 0 else None)
         ax.axhline(target, color="k", lw=0.8, ls=":")
         ax.set(yscale="log", xlabel="step", title=f"{fam.upper()} vs LN-{fam.upper()}: training loss")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a panel the run has no curves for stays bare
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
