@@ -80,8 +80,10 @@ def _row_split(ops: tuple[Array, Array], reducer) -> tuple[tuple[Array, Array], 
     columns (``None`` if there are none) to be summed sequentially."""
     width = ops[0].shape[1]
     head = width - width % TERMS
-    if head == width or head == 0:
-        return (_row_partials(ops, reducer) if head else ops), None
+    if head == 0:  # fewer than 16 columns: one short sequential sum
+        return ops, None
+    if head == width:
+        return _row_partials(ops, reducer), None
     return _row_partials(tuple(o[:, :head] for o in ops), reducer), tuple(o[:, head:] for o in ops)
 
 

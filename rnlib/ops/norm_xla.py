@@ -163,10 +163,11 @@ def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Arra
     if not rms:
         inner = inner - (sums[1] / width)[:, None]
     dx = rstd[:, None] * inner
-    wanted = [a for a, want in ((dyf * xhat, scale is not None), (dyf, has_bias)) if want]
-    col = iter(col_sums(*wanted) if wanted else ())
-    dscale = next(col) if scale is not None else None
-    dbias = next(col) if has_bias else None
+    if scale is not None and has_bias:
+        dscale, dbias = col_sums(dyf * xhat, dyf)
+    else:
+        dscale = col_sums(dyf * xhat)[0] if scale is not None else None
+        dbias = col_sums(dyf)[0] if has_bias else None
     if dh_extra is not None:
         dx = dx + dh_extra.astype(cdt)
     return dx.astype(dx_dtype), dscale, dbias
