@@ -3,7 +3,14 @@
 Platforms (the ``platform`` argument of :func:`rnlib.kernels.norm_fwd` and friends):
 
 * ``"gpu"`` (aliases ``"cuda"``, ``"rocm"``): Pallas' Triton backend, selected explicitly through the Triton
-  compiler params (jax >= 0.10 lowers a plain ``pallas_call`` on GPU with Mosaic GPU).
+  compiler params. What each jax version does with it:
+
+  - jax 0.10.x: a plain ``pallas_call`` on CUDA lowers with Mosaic GPU; the Triton compiler params select Triton.
+    Without a GPU, Triton lowering assumes compute capability 9.0.
+  - jax >= 0.11: a plain ``pallas_call`` on CUDA lowers with Triton again (``pallas_call`` no longer lowers to
+    Mosaic GPU); the Pallas Triton backend is deprecated (a DeprecationWarning on every lowering, filtered below
+    for rnlib's kernels only, by its message); without a GPU, lowering needs an abstract GPU device:
+    :func:`cuda_lowering` provides one.
 * ``"tpu"``: Mosaic TPU.
 * ``"cpu"``: the GPU kernels (power-of-two blocks, masked loads/stores) in Pallas interpret mode
   (``interpret=True``); the interpreter pads out-of-bounds block elements with NaN, so missing masks show up.
@@ -11,7 +18,9 @@ Platforms (the ``platform`` argument of :func:`rnlib.kernels.norm_fwd` and frien
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import warnings
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +35,10 @@ try:
     from jax.experimental.pallas import tpu as _pl_tpu
 except ImportError:  # pragma: no cover
     _pl_tpu = None
+
+# jax >= 0.11 warns on every Triton lowering. rnlib keeps Triton on purpose (Mosaic GPU needs sm_90a-only features
+# and its own kernels); the lowering happens inside jit, outside any rnlib frame, hence a message-scoped filter.
+warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated", category=DeprecationWarning)
 
 _ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 PLATFORMS = ("cpu", "gpu", "tpu", "tpu_interpret")
@@ -75,6 +88,32 @@ def call_kwargs(platform: str, num_warps: int | None, n_grid_dims: int) -> dict:
     if p == "tpu_interpret":
         return dict(interpret=_tpu_interpret(), compiler_params=_tpu_params(n_grid_dims))
     return dict(interpret=True)
+
+
+@contextlib.contextmanager
+def cuda_lowering(device_kind: str = "NVIDIA H100") -> Iterator[None]:
+    """Lower the Triton kernels for ``device_kind`` on a host without a GPU (``jax.export`` / ``.lower``).
+
+    jax >= 0.11 reads the compute capability from an abstract GPU device set with ``use_abstract_mesh``; earlier
+    versions assume sm_90 when no GPU is present and have nothing to set (a no-op there).
+    """
+    sharding = jax.sharding
+    if not hasattr(sharding, "AbstractDevice") or not hasattr(sharding, "use_abstract_mesh"):
+        yield
+        return
+    dev = sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
+    mesh = sharding.AbstractMesh((1,), ("_rn",), (sharding.AxisType.Explicit,), abstract_device=dev)
+    with sharding.use_abstract_mesh(mesh):
+        yield
+
+
+def pallas_call(kernel, *, cost: pl.CostEstimate, **kwargs):
+    """``pl.pallas_call`` with the kernel's cost (XLA's scheduler and ``cost_analysis()`` see flops and bytes)."""
+    return pl.pallas_call(kernel, cost_estimate=cost, **kwargs)
+
+
+def cost(flops: int, bytes_accessed: int, transcendentals: int = 0) -> pl.CostEstimate:
+    return pl.CostEstimate(flops=int(flops), transcendentals=int(transcendentals), bytes_accessed=int(bytes_accessed))
 
 
 class Tile:

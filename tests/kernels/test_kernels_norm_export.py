@@ -4,6 +4,7 @@ chunked), plus gradients through rnlib.ops with impl="pallas", and 64-bit offset
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import jax
@@ -34,7 +35,9 @@ def _all_variants(kplat):
 
 
 def _export(fn, platform, *avals):
-    exp = export.export(jax.jit(fn), platforms=[platform], disabled_checks=CHECKS)(*avals)
+    # jax >= 0.11 needs an abstract GPU device to lower Triton without a GPU (a no-op on earlier versions).
+    with K.backend.cuda_lowering() if platform == "cuda" else contextlib.nullcontext():
+        exp = export.export(jax.jit(fn), platforms=[platform], disabled_checks=CHECKS)(*avals)
     return exp.mlir_module()
 
 
