@@ -6,6 +6,7 @@
 * `BatchLoader`: epoch-wise permutations drawn from (seed, epoch), so the batch at any position is a pure function
   of (seed, position): resuming only needs the position.
 * `augment_batch`: the paper's zero-pad + random crop + horizontal flip, on device from a PRNG key.
+* `load_dataset("imagenet", dir)`: an ImageFolder tree of JPEGs through grain (`rnlib.train.imagenet`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DATASETS = ("digits", "cifar10")
+DATASETS = ("digits", "cifar10", "imagenet")
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch"
 
@@ -63,6 +64,24 @@ class Dataset:
 
     def size(self, split: str) -> int:
         return len(self.train_labels if split == "train" else self.test_labels)
+
+    input_norm = None  # `take` already returns normalised float32 images
+
+    def train_loader(self, global_batch_size: int, seed: int, shard: tuple[int, int] = (0, 1),
+                     position: int = 0) -> "ArrayLoader":
+        return ArrayLoader(self, BatchLoader(self.size("train"), global_batch_size, seed, position), shard)
+
+    def eval_batches(self, split: str, global_batch_size: int, shard: tuple[int, int] = (0, 1)):
+        """This host's slices of the zero-padded global batches covering `split` in order, with a "mask"."""
+        n, local = self.size(split), global_batch_size // shard[1]
+        mine = slice(shard[0] * local, (shard[0] + 1) * local)
+        for start in range(0, n, global_batch_size):
+            idx = np.arange(start, min(start + global_batch_size, n))
+            batch = self.take(split, idx)
+            pad = global_batch_size - len(idx)
+            batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+            batch["mask"] = (np.arange(global_batch_size) < len(idx)).astype(np.float32)
+            yield {k: v[mine] for k, v in batch.items()}
 
 
 def load_digits(upsample: int = 1) -> Dataset:
@@ -132,8 +151,8 @@ def load_cifar10(data_dir: str | os.PathLike) -> Dataset:
     wanted = CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,)
     missing = [f for f in wanted if not os.path.isfile(os.path.join(data_dir, f))]
     if missing:
-        raise FileNotFoundError(f"CIFAR-10 directory {data_dir!r} is missing {', '.join(missing)} "
-                                f"(expected the python batches {', '.join(wanted)})")
+        raise FileNotFoundError(f"CIFAR-10 directory {data_dir!r} is missing {', '.join(missing)} (the python "
+                                "batches unpacked from cifar-10-python.tar.gz)")
     parts = [_read_cifar_batch(os.path.join(data_dir, f)) for f in CIFAR_TRAIN_FILES]
     xtr = np.concatenate([p[0] for p in parts])
     ytr = np.concatenate([p[1] for p in parts])
@@ -141,13 +160,23 @@ def load_cifar10(data_dir: str | os.PathLike) -> Dataset:
     return Dataset("cifar10", xtr, ytr, xte, yte, 10, 1.0 / 255.0, Augment(pad=4, flip=True))
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_size: int = 224,
+                 workers: int = 0) -> Any:
+    """A `Dataset` (digits, cifar10: in memory) or an `ImageFolderData` (imagenet: decoded on the fly;
+    `image_size` is its crop size, `workers` its decoding processes)."""
     if name == "digits":
         return load_digits()
     if name == "cifar10":
         if data_dir is None:
             raise ValueError("--data cifar10 needs --data-dir pointing at the CIFAR-10 python batches")
         return load_cifar10(data_dir)
+    if name == "imagenet":
+        if data_dir is None:
+            raise ValueError("--data imagenet needs --data-dir pointing at a folder with train/<class>/*.JPEG and "
+                             "val/<class>/*.JPEG")
+        from rnlib.train.imagenet import load_imagenet
+
+        return load_imagenet(data_dir, image_size=image_size, workers=workers)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
@@ -186,6 +215,28 @@ class BatchLoader:
             raise ValueError(f"data position was saved for seed/batch_size/n = {(d['seed'], d['batch_size'], d['n'])}"
                              f" but this run uses {(self.seed, self.batch_size, self.n)}")
         self.position = int(d["position"])
+
+
+class ArrayLoader:
+    """`BatchLoader` over an in-memory `Dataset`: `next_batch()` is this host's slice (`shard` = (process index,
+    process count)) of the next global batch; `state_dict` / `load_state_dict` are the BatchLoader's."""
+
+    def __init__(self, dataset: Dataset, order: BatchLoader, shard: tuple[int, int] = (0, 1)):
+        self.dataset, self.order, self.shard = dataset, order, shard
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        idx = self.order.next_indices()
+        local = len(idx) // self.shard[1]
+        return self.dataset.take("train", idx[self.shard[0] * local:(self.shard[0] + 1) * local])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.order.load_state_dict(d)
+
+    def close(self) -> None:
+        pass
 
 
 def augment_batch(key: jax.Array, images: jax.Array, aug: Augment) -> jax.Array:

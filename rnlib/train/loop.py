@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from rnlib.train.checkpoint import Checkpointer
-from rnlib.train.data import BatchLoader, Dataset, load_dataset
+from rnlib.train.data import Dataset, load_dataset
 from rnlib.train.report import MetricsLog, Progress, plot_curves, write_json
 from rnlib.train.schedules import make_optimizer, make_schedule
 from rnlib.train.sharding import DataParallel
@@ -39,30 +40,40 @@ class TrainConfig:
 
     Defaults are the paper's CIFAR recipe (He et al. 2015): SGD momentum 0.9, weight decay 1e-4, batch 128,
     lr 0.1 with /10 at 50 % and 75 % of `steps` (`schedule_steps` overrides the horizon, e.g. 64000 to stop a
-    paper-length schedule early), optional 0.01 warm-up.
+    paper-length schedule early), optional 0.01 warm-up. With data="imagenet" the defaults become the paper's
+    ImageNet recipe: lr 0.1 x batch_size / 256 (`lr` None), /10 at 1/3 and 2/3 of the horizon (schedule
+    "imagenet": epochs 30 and 60 of `epochs` = 90). `epochs`, when set, replaces `steps` (steps = epochs x
+    floor(train size / batch_size)); `warmup_epochs` is a linear warm-up from 0 (the Flax example: 5, with
+    schedule "cosine" and label_smoothing 0.1).
     """
 
     model: str = "resnet20"
     data: str = "digits"
     data_dir: str | None = None
     steps: int = 1500
+    epochs: float | None = None
     batch_size: int = 128
     seed: int = 0
     precision: str = "f32"
     optimizer: str = "sgd"
-    schedule: str = "paper"
+    schedule: str | None = None
     schedule_steps: int | None = None
-    lr: float = 0.1
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup: bool = False
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
     augment: bool = True
+    image_size: int = 224
+    workers: int = 0
     out: str | None = None
     ckpt_dir: str | None = None
     ckpt_every: int = 1000
     ckpt_keep: int = 3
     resume: bool = False
     log_every: int = 10
+    print_every: int = 100
     eval_every: int = 0
     eval_batch_size: int = 512
     final_train_eval: bool = True
@@ -89,34 +100,63 @@ class TrainResult:
                 "params_sha256": self.params_sha256, "wall_time_s": self.wall_time_s}
 
 
-def build_model(config: TrainConfig, dataset: Dataset, rngs: nnx.Rngs) -> nnx.Module:
-    """`rnlib.models.build(config.model, classes, rngs, in_features=..., **config.model_kwargs)`."""
+def _model_names_hint() -> str:
+    from rnlib.models import registry
+
+    examples = getattr(registry, "EXAMPLES", ())
+    return (f"valid names: {', '.join(examples)}" if examples else "") + \
+        " (CIFAR ResNets: depth 6n+2; ImageNet ResNets: depth 18, 34, 50, 101, 152)"
+
+
+def build_model(config: TrainConfig, dataset: Any, rngs: nnx.Rngs) -> nnx.Module:
+    """`rnlib.models.build(config.model, classes, rngs, in_features=..., **config.model_kwargs)`; a model name
+    that does not build gives a ValueError listing valid names."""
     from rnlib import models
 
     h, w, c = dataset.image_shape
-    # Convolutional models take the channel count; a residual MLP takes the flattened image size.
-    mlp = models.parse_name(config.model)["family"] == "mlp"
+    try:  # convolutional models take the channel count; a residual MLP takes the flattened image size
+        mlp = models.parse_name(config.model)["family"] == "mlp"
+    except ValueError as e:
+        raise ValueError(f"unknown model {config.model!r}; {_model_names_hint()}") from e
     kw: dict[str, Any] = {"in_features": h * w * c if mlp else c}
-    kw.update(config.model_kwargs)
-    return models.build(config.model, dataset.num_classes, rngs, **kw)
+    try:
+        return models.build(config.model, dataset.num_classes, rngs, **kw, **config.model_kwargs)
+    except ValueError as e:
+        if config.model_kwargs:  # does the name alone build? then the keyword arguments were the problem
+            try:
+                nnx.eval_shape(lambda: models.build(config.model, dataset.num_classes, nnx.Rngs(0), **kw))
+            except ValueError:
+                pass
+            else:
+                raise
+        raise ValueError(f"model {config.model!r}: {e}; {_model_names_hint()}") from e
 
 
-def evaluate(state: TrainState, dataset: Dataset, split: str, eval_step: Callable, dp: DataParallel,
+def evaluate(state: TrainState, dataset: Any, split: str, eval_step: Callable, dp: DataParallel,
              batch_size: int) -> tuple[float, float]:
-    """(accuracy, mean loss) over the whole split; the last batch is zero-padded and masked out."""
+    """(accuracy, mean loss) over the whole split (the last batch zero-padded and masked out; images the input
+    pipeline could not read are masked out too, with a warning)."""
     n = dataset.size(split)
     bs = batch_size - batch_size % dp.num_devices or dp.num_devices
-    sums = []
-    for start in range(0, n, bs):
-        idx = np.arange(start, min(start + bs, n))
-        batch = dataset.take(split, idx)
-        pad = bs - len(idx)
-        batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-        batch["mask"] = (np.arange(bs) < len(idx)).astype(np.float32)
-        local = {k: v[dp.local_slice(bs)] for k, v in batch.items()}
-        sums.append(eval_step(state, dp.put_batch(local, bs)))
+    shard = (jax.process_index(), jax.process_count())
+    sums = [eval_step(state, dp.put_batch(local, bs)) for local in dataset.eval_batches(split, bs, shard)]
     tot = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
-    return tot["correct"] / tot["count"], tot["loss_sum"] / tot["count"]
+    if tot["count"] < n:
+        warnings.warn(f"{n - int(tot['count'])} unreadable images of the {split} split were left out of its "
+                      "evaluation", RuntimeWarning, stacklevel=2)
+    return tot["correct"] / max(tot["count"], 1), tot["loss_sum"] / max(tot["count"], 1)
+
+
+def resolve(config: TrainConfig, train_size: int) -> tuple[int, float, str, int]:
+    """(steps, lr, schedule name, warm-up steps) of `config` for a training set of `train_size` examples."""
+    imagenet = config.data == "imagenet"
+    per_epoch = max(1, train_size // config.batch_size)
+    steps = round(config.epochs * per_epoch) if config.epochs is not None else config.steps
+    if steps <= 0:
+        raise ValueError(f"the run must have at least one step, got steps={steps} (epochs={config.epochs})")
+    lr = config.lr if config.lr is not None else (0.1 * config.batch_size / 256 if imagenet else 0.1)
+    schedule = config.schedule or ("imagenet" if imagenet else "paper")
+    return steps, lr, schedule, round(config.warmup_epochs * per_epoch)
 
 
 def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Module] | None = None,
@@ -129,36 +169,42 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
     checkpoints saved before that step are kept.
     """
     t_start = time.perf_counter()
-    ds = dataset if dataset is not None else load_dataset(config.data, config.data_dir)
+    ds = dataset if dataset is not None else load_dataset(config.data, config.data_dir,
+                                                          image_size=config.image_size, workers=config.workers)
+    total_steps, lr, schedule_name, warmup_steps = resolve(config, ds.size("train"))
     dp = DataParallel(jax.devices()[:config.devices] if config.devices else None)
     dp.check_batch_size(config.batch_size)
     model = init_module((lambda r: model_fn(ds, r)) if model_fn is not None
                         else (lambda r: build_model(config, ds, r)), config.seed)
-    horizon = config.schedule_steps or config.steps
-    schedule = make_schedule(config.schedule, horizon, config.lr, warmup=config.warmup)
+    horizon = config.schedule_steps or total_steps
+    schedule = make_schedule(schedule_name, horizon, lr, warmup=config.warmup, warmup_steps=warmup_steps)
     tx = make_optimizer(config.optimizer, schedule, momentum=config.momentum, weight_decay=config.weight_decay)
     state = dp.replicate(create_train_state(model, tx, config.seed))
-    loader = BatchLoader(ds.size("train"), config.batch_size, config.seed)
+    # Every process computes the same global batch order and loads only its slice of each batch.
+    loader = ds.train_loader(config.batch_size, config.seed, shard=(jax.process_index(), jax.process_count()))
 
     ckpt = Checkpointer(config.ckpt_dir, keep=config.ckpt_keep) if config.ckpt_dir else None
-    elapsed_before = 0.0
+    elapsed_before, skipped = 0.0, 0
     if ckpt is not None and config.resume:
         restored = ckpt.restore_latest(state)
         if restored is not None:
             state, extra = restored
             loader.load_state_dict(extra["data"])
             elapsed_before = float(extra.get("elapsed_s", 0.0))
+            skipped = int(extra.get("skipped_images", 0))
     start = int(state.step)
-    train_step = make_train_step(config.precision, ds.augment if config.augment else None, parallel=dp)
-    eval_step = make_eval_step(config.precision, parallel=dp)
+    norm = ds.input_norm
+    train_step = make_train_step(config.precision, ds.augment if config.augment else None, parallel=dp,
+                                 label_smoothing=config.label_smoothing, input_norm=norm)
+    eval_step = make_eval_step(config.precision, parallel=dp, input_norm=norm)
 
     writes = bool(config.out) and jax.process_index() == 0  # multi-host: process 0 writes the run's files
     if writes:
         os.makedirs(config.out, exist_ok=True)
     log = MetricsLog(os.path.join(config.out, "metrics.jsonl"), start if start else None) if writes else None
     history: list[dict[str, Any]] = list(log.rows) if log else []
-    progress = Progress(config.steps, start, config.quiet, f"{config.model} {ds.name}",
-                        enabled=jax.process_index() == 0)
+    progress = Progress(total_steps, start, config.quiet, f"{config.model} {ds.name}",
+                        enabled=jax.process_index() == 0, print_every=config.print_every)
     t_run = time.perf_counter()
 
     def check_finite(s: TrainState) -> None:
@@ -174,12 +220,13 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
     config_json = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     pending: list[dict[str, jax.Array]] = []
     try:
-        for step in range(start + 1, config.steps + 1):
-            idx = loader.next_indices()
-            batch = dp.put_batch(ds.take("train", idx[dp.local_slice(len(idx))]), len(idx))
+        for step in range(start + 1, total_steps + 1):
+            batch = dp.put_batch(loader.next_batch(), config.batch_size)
+            if step == start + 1:
+                progress.compiling()
             state, m = train_step(state, batch)
             pending.append(m)
-            last = step == config.steps
+            last = step == total_steps
             is_ckpt = ckpt is not None and (step % config.ckpt_every == 0 or last)
             is_eval = bool(config.eval_every) and (step % config.eval_every == 0 or last)
             if step % config.log_every == 0 or last or is_ckpt or is_eval:
@@ -189,18 +236,28 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
                 row = {"step": step, "loss": float(np.mean([x["loss"] for x in ms])),
                        "train_error": float(np.mean([x["error"] for x in ms])), "lr": float(schedule(step - 1)),
                        "time": round(elapsed_before + time.perf_counter() - t_start, 3)}
+                new_skips = int(sum(x.get("skipped", 0) for x in ms))
+                if new_skips:
+                    warnings.warn(f"{new_skips} unreadable training image(s) skipped up to step {step} "
+                                  f"({skipped + new_skips} in this run); each was replaced by the next image",
+                                  RuntimeWarning, stacklevel=2)
+                skipped += new_skips
+                if skipped:
+                    row["skipped_images"] = skipped
                 if is_eval:
                     acc, _ = evaluate(state, ds, "test", eval_step, dp, config.eval_batch_size)
                     row["test_error"] = 1.0 - acc
                 history.append(row)
                 if log:
                     log.write(row)
-                progress.update(step, row["loss"], row["train_error"])
+                progress.update(step, row["loss"], row["train_error"],
+                                f"  {skipped} images skipped" if skipped else "")
             if is_ckpt:
                 ckpt.save(state, {"data": loader.state_dict(), "elapsed_s": elapsed_before + time.perf_counter()
-                                  - t_start, "config": config_json})
+                                  - t_start, "skipped_images": skipped, "config": config_json})
     finally:
         progress.close()
+        loader.close()
         if ckpt is not None:
             ckpt.close()
     train_s = time.perf_counter() - t_run
@@ -214,7 +271,7 @@ def fit(config: TrainConfig, *, model_fn: Callable[[Dataset, nnx.Rngs], nnx.Modu
     if writes:
         final = {**result.summary(), "test_loss": test_loss, "model": config.model, "data": ds.name,
                  "seed": config.seed, "precision": config.precision, "devices": dp.num_devices,
-                 "train_loop_s": train_s, "resumed_from_step": start or None}
+                 "train_loop_s": train_s, "resumed_from_step": start or None, "skipped_images": skipped}
         write_json(os.path.join(config.out, "final.json"), final)
         if history:
             plot_curves(history, os.path.join(config.out, "curves.png"), f"{config.model} on {ds.name}",

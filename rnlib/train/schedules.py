@@ -4,6 +4,10 @@ The default is the CIFAR recipe of He et al. (2015), section 4.2: SGD, momentum 
 (L2, added to the gradient as in Caffe/PyTorch), batch 128, lr 0.1 divided by 10 at 32k and 48k iterations,
 stop at 64k; ResNet-110 first warms up at lr 0.01 for ~400 iterations. Shorter runs keep the same *fractions*
 (boundaries at 50 % and 75 % of the run, warm-up 400/64000 of it).
+
+The ImageNet recipe of the same paper (sec. 3.4) is "imagenet": lr 0.1 x batch/256 divided by 10 at epochs 30 and
+60 of 90, i.e. at 1/3 and 2/3 of the horizon. The Flax ImageNet example's alternative is "cosine" with a linear
+warm-up from 0 over `warmup_steps` (5 epochs there), usually with label smoothing (a loss option, not here).
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ PAPER_STEPS = 64_000
 PAPER_BOUNDARIES = (32_000, 48_000)
 PAPER_WARMUP = 400
 
-SCHEDULES = ("paper", "cosine", "constant")
+SCHEDULES = ("paper", "imagenet", "cosine", "constant")
+IMAGENET_BOUNDARIES = (1 / 3, 2 / 3)  # epochs 30 and 60 of 90
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -62,11 +67,29 @@ def make_schedule(
     *,
     warmup: bool = False,
     warmup_lr: float = 0.01,
+    warmup_steps: int = 0,
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """"paper" (step decay above), "cosine" (optax cosine decay to 0, linear warm-up from `warmup_lr`
-    over the paper's warm-up fraction when `warmup`), or "constant"."""
+    """"paper" (step decay above), "imagenet" (lr/10 at 1/3 and 2/3 of `total_steps`), "cosine" (optax cosine
+    decay to 0, linear warm-up from `warmup_lr` over the paper's warm-up fraction when `warmup`), or "constant".
+
+    `warmup_steps` > 0 (instead of `warmup`): lr rises linearly from 0 to `base_lr` over the first `warmup_steps`
+    updates (Goyal et al. 2017; the Flax ImageNet example), then follows the schedule (cosine: over the rest)."""
+    if total_steps <= 0:
+        raise ValueError(f"the schedule horizon must be a positive number of steps, got {total_steps}")
+    if warmup_steps < 0 or (warmup_steps and warmup):
+        raise ValueError(f"warmup_steps must be >= 0 and not combined with warmup, got {warmup_steps}, {warmup}")
+    if warmup_steps:
+        if name == "cosine":
+            return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1))
+        after = make_schedule(name, total_steps, base_lr)
+        ramp = optax.linear_schedule(0.0, base_lr, warmup_steps)
+        return lambda count: jnp.where(jnp.asarray(count) < warmup_steps, ramp(count), after(count))
     if name == "paper":
         return paper_schedule(total_steps, base_lr, warmup=warmup, warmup_lr=warmup_lr)
+    if name == "imagenet":
+        b1, b2 = (round(f * total_steps) for f in IMAGENET_BOUNDARIES)
+        return lambda count: (base_lr * jnp.where(jnp.asarray(count) < b1, 1.0, 0.1)
+                              * jnp.where(jnp.asarray(count) < b2, 1.0, 0.1)).astype(jnp.float32)
     if name == "cosine":
         w = max(1, round(PAPER_WARMUP * total_steps / PAPER_STEPS)) if warmup else 0
         if w:
