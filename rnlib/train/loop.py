@@ -117,7 +117,7 @@ def build_model(config: TrainConfig, dataset: Any, rngs: nnx.Rngs) -> nnx.Module
     try:  # convolutional models take the channel count; a residual MLP takes the flattened image size
         mlp = models.parse_name(config.model)["family"] == "mlp"
     except ValueError as e:
-        raise ValueError(f"unknown model {config.model!r}; {_model_names_hint()}") from e
+        raise ValueError(f"unknown model name {config.model!r}; {_model_names_hint()}") from e
     kw: dict[str, Any] = {"in_features": h * w * c if mlp else c}
     try:
         return models.build(config.model, dataset.num_classes, rngs, **kw, **config.model_kwargs)
