@@ -1,13 +1,18 @@
 """Writers for benchmark records: JSON per suite, one Markdown file of tables, PNG plots, a rich summary.
 
-Tables pivot the flat records: norms by (op, dtype) with one row per (width, pass) and one column per implementation
-(fraction of copy bandwidth, and milliseconds); train by model with images/s per implementation; compile by depth.
+Tables pivot the flat records: norms by (op, dtype) with one row per (shape, pass) and one column per implementation
+(fraction of copy bandwidth, and milliseconds); train by model with examples/s per implementation; compile by depth.
+Shapes and batch sizes come from the records.
+
+    python -m benchmarks.report --replot DIR   # plots and results.md again from DIR/{norms,train,compile}.json
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import pathlib
+import sys
 from typing import Any, Iterable
 
 from benchmarks import harness
@@ -64,27 +69,78 @@ def norms_markdown(recs: list[dict]) -> str:
                         else:
                             row.append(f"{_fmt(r['frac_of_copy'])} ({r['time_s'] * 1e3:.2f} ms)")
                     rows.append(row)
-            out.append(f"### {op}, {dt}\n\nFraction of copy bandwidth (higher is better; time in ms)\n\n"
-                       + _table(["shape", "pass"] + cols, rows))
-    return "\n\n".join(out)
+            out.append(f"### {op}, {dt}\n\nSpeed as a fraction of a copy's bandwidth (higher is faster; in brackets "
+                       "the time per call in ms); shape = rows × width\n\n" + _table(["shape", "pass"] + cols, rows))
+    return NORMS_INTRO + " " + shapes_sentence(recs) + "\n\n" + "\n\n".join(out)
+
+
+def shapes_sentence(recs: list[dict]) -> str:
+    """'Shapes (rows × width): 4096×256, 256×4096 (1,048,576 elements each).' from the records' ``shape`` fields."""
+    shapes = sorted({tuple(r["shape"]) for r in recs}, key=lambda s: (s[-1], s))
+    sizes = {math.prod(s) for s in shapes}
+    each = f" ({sizes.pop():,} elements each)" if len(sizes) == 1 else ""
+    return f"Shapes (rows × width): {', '.join('×'.join(map(str, s)) for s in shapes)}{each}."
+
+
+NORMS_INTRO = ("Each figure is the bytes an op must move divided by its time, as a fraction of the bandwidth of a "
+               "copy: a jitted `x + 1` on the same array (it reads and writes the array once), timed side by side in the "
+               "same run; 1.0 = as fast as that copy. Arrays of |x| counted (forward, backward, forward+backward): "
+               + "; ".join(f"{op} {', '.join(str(v) for v in moved.values())}"
+                           for op, moved in harness.ARRAYS_MOVED.items()) + ".")
+
+
+def batch_and_example(r: dict) -> tuple[int | None, list[int]]:
+    """(batch size, one example's shape) of a record: its ``batch`` field, else the leading size of its ``shape``;
+    with neither a ``shape`` nor more than a batch in it, an ``image_size`` field (int or [h, w]) when there is one."""
+    shape = [int(s) for s in r.get("shape") or []]
+    batch = int(r["batch"]) if r.get("batch") else (shape[0] if shape else None)
+    example = shape[1:] if shape and shape[0] == batch else shape
+    if not example and r.get("image_size"):
+        size = r["image_size"]
+        example = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    return batch, example
+
+
+def train_speed(r: dict | None) -> float | None:
+    """Examples per second of a train record: ``images_per_s`` when recorded, else batch / time_s; None if not run."""
+    if not r:
+        return None
+    if r.get("images_per_s"):
+        return float(r["images_per_s"])
+    batch = batch_and_example(r)[0]
+    return batch / r["time_s"] if batch and r.get("time_s") else None
+
+
+def _batch_and_input(r: dict) -> tuple[str, str]:
+    batch, example = batch_and_example(r)
+    return ("-" if batch is None else str(batch)), "x".join(map(str, example))
 
 
 def train_markdown(recs: list[dict]) -> str:
-    """Rows: model; columns: input shape, each implementation's examples/s (step ms), rnlib / reference time."""
+    """Rows: model; columns: batch, one example's shape, each implementation's examples/s (step ms), and rnlib's
+    speed / the reference's."""
     impls = _ordered((r["impl"] for r in recs), TRAIN_IMPL_ORDER)
     rows = []
     for name in sorted({r["name"] for r in recs}, key=_model_key):
         cells = {r["impl"]: r for r in recs if r["name"] == name}
-        row = [name, "x".join(map(str, next(iter(cells.values()))["shape"]))]
+        row = [name, *_batch_and_input(next(iter(cells.values())))]
         for i in impls:
-            r = cells.get(i)
-            row.append("" if r is None else ("error" if r.get("time_s") is None else
-                                             f"{r['images_per_s']:.0f} ({r['time_s'] * 1e3:.1f} ms)"))
-        ours, ref = (cells.get(k, {}).get("time_s") for k in ("rnlib", "reference_linen"))
+            row.append(_train_cell(cells.get(i)))
+        ours, ref = train_speed(cells.get("rnlib")), train_speed(cells.get("reference_linen"))
         row.append(_fmt(ours / ref if ours and ref else None))
         rows.append(row)
-    return ("Training-step throughput, examples per second (step time in ms); last column: rnlib step time / "
-            "reference step time (lower is better)\n\n" + _table(["model", "input"] + impls + ["rnlib / ref"], rows))
+    return ("Whole training step (forward, backward, optimizer update): examples per second (step time in ms), "
+            "higher is faster; last column: rnlib's speed / reference_linen's (above 1 = rnlib faster)\n\n"
+            + _table(["model", "batch", "one example"] + impls + ["rnlib / ref speed"], rows))
+
+
+def _train_cell(r: dict | None) -> str:
+    if r is None:
+        return ""
+    speed = train_speed(r)
+    if speed is None:
+        return r.get("error") or r.get("note") or "error"
+    return f"{speed:.0f} ({r['time_s'] * 1e3:.1f} ms)" if r.get("time_s") else f"{speed:.0f}"
 
 
 def compile_markdown(recs: list[dict]) -> str:
@@ -97,7 +153,10 @@ def compile_markdown(recs: list[dict]) -> str:
             r = next((r for r in recs if (r.get("family", ""), r["depth"]) == key and r["impl"] == m), None)
             row.append(_compile_cell(r))
         rows.append(row)
-    return "Compile seconds / train-step ms vs depth\n\n" + _table(["model", "depth"] + modes, rows)
+    inputs = sorted({(*_batch_and_input(r), str(r.get("dtype"))) for r in recs})
+    return ("Seconds to trace, lower and compile one training step / its run time in ms, vs depth (lower is faster); "
+            "input: " + "; ".join(f"batch {b} of {s} ({d})" for b, s, d in inputs) + "\n\n"
+            + _table(["model", "depth"] + modes, rows))
 
 
 def _compile_cell(r: dict | None) -> str:
@@ -119,14 +178,16 @@ def write_markdown(by_suite: dict[str, list[dict]], path: pathlib.Path) -> None:
     if not recs:
         return
     head = (f"# rnlib benchmark results\n\nDevice: {recs[0]['device']}; jax {recs[0]['jax_version']}. "
-            "Generated by `python -m benchmarks`; ratios are measured side by side in one run.\n")
+            "Generated by `python -m benchmarks`; ratios are measured side by side in one run. "
+            "`python -m benchmarks.report --replot DIR` redraws the plots and this file from the JSON records.\n")
     parts = [head]
     writers = {"norms": norms_markdown, "train": train_markdown, "compile": compile_markdown}
     for suite, fn in writers.items():
         if by_suite.get(suite):
             parts.append(f"## {suite}\n\n{fn(by_suite[suite])}\n")
             if suite == "norms":
-                parts.append("\n".join(f"![{p.stem}]({p.name})" for p in sorted(path.parent.glob("norms_*.png"))))
+                parts.append("\n".join(f"![{p.stem}]({p.name})" for p in sorted(path.parent.glob("norms_*.png")))
+                             + "\n")
             elif (path.parent / f"{suite}.png").exists():
                 parts.append(f"![{suite}]({suite}.png)\n")
     path.write_text("\n".join(parts) + "\n")
@@ -158,3 +219,34 @@ def summary(suite: str, recs: list[dict]) -> tuple[str, list[str], list[list[str
         cells = {r["impl"]: r for r in recs if (r.get("family", ""), r["depth"]) == key}
         rows.append([key[0], str(key[1])] + [_compile_cell(cells.get(m)) for m in modes])
     return "compile: seconds to lower + compile one train step / step time", ["model", "depth"] + modes, rows
+
+
+def replot(out: pathlib.Path) -> list[pathlib.Path]:
+    """Redraw ``out``'s PNGs and ``results.md`` from the suite JSON files there (no timing is run)."""
+    from benchmarks import plots  # matplotlib only when plotting
+
+    by_suite = {n: read_json(out / f"{n}.json") for n in plots.PLOTTERS if (out / f"{n}.json").exists()}
+    if not by_suite:
+        raise FileNotFoundError(f"no {{{','.join(plots.PLOTTERS)}}}.json in {out}")
+    written = [p for n, recs in by_suite.items() for p in plots.PLOTTERS[n](recs, out)]
+    write_markdown(by_suite, out / "results.md")
+    return written + [out / "results.md"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description="Redraw benchmark plots and tables "
+                                 "from the JSON records that `python -m benchmarks` wrote.")
+    ap.add_argument("--replot", metavar="DIR", required=True, type=pathlib.Path,
+                    help="folder holding norms.json / train.json / compile.json (e.g. benchmarks/results)")
+    args = ap.parse_args(argv)
+    try:
+        written = replot(args.replot)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
