@@ -97,8 +97,8 @@ def applicable(impl: str, op: str, plat: str) -> bool:
     if impl == "rnlib_pallas":
         return plat in ("gpu", "tpu")
     if impl == "rnlib_native":
-        from rnlib.ops import dispatch
-        return plat == "cpu" and dispatch.native_module() is not None
+        from rnlib import ops
+        return plat == "cpu" and not ops.backend_unavailable("native")
     if impl == "pallas_gpu_ln":
         return plat == "gpu" and op == "layer_norm"
     if impl == "torch":

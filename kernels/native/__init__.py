@@ -1,8 +1,9 @@
 """Native (C++) layer/RMS norm for XLA:CPU, installed as ``rnlib.kernels.native``.
 
-The same backend contract as ``rnlib.ops.norm_xla`` and ``rnlib.kernels`` (``norm_fwd``/``norm_bwd`` on the 2-D
-``(rows, width)`` form, float32 statistics, the shifted saved ``mean``), computed by the XLA FFI handlers in
-``norm_cpu.cc``: one memory pass per row, rows split over XLA's intra-op thread pool, deterministic sums.
+The forward and backward of rnlib's plain norm maths (``norm_fwd``/``norm_bwd`` on the 2-D ``(rows, width)``
+form, float32 statistics, the shifted saved ``mean``), computed by the XLA FFI handlers in ``norm_cpu.cc``: one
+memory pass per row, rows split over XLA's intra-op thread pool, deterministic sums. ``rnlib.ops`` validates the
+arguments, chooses this backend and differentiates it (these raw calls have no derivative of their own).
 
 The compiled library is optional: a build without a C++ compiler installs without it, and then
 :func:`available` is False (:func:`unavailable_reason` says why) and callers use the XLA backend. Setting the
@@ -10,9 +11,7 @@ environment variable ``RNLIB_DISABLE_NATIVE=1`` also makes it unavailable.
 
 Transformations: jit; vmap (the handlers take leading batch dimensions, see :mod:`._partitioned`); sharded
 inputs (row-partitioned with ``custom_partitioning``: each device normalises its own rows, dscale/dbias are
-psum-ed; the width is gathered if it was split); reverse-mode differentiation of :func:`norm_fwd` and
-:func:`norm_bwd` through ``jax.custom_vjp`` whose backward is the VJP of the pure-jnp twin in
-:mod:`._reference` (so grad-of-grad works; forward-mode ``jvp`` does not, as for any custom_vjp).
+psum-ed; the width is gathered if it was split).
 
 The extension is built by ``setup.py`` (editable installs build it in place, in ``kernels/native/``); after
 changing the C++, rebuild with ``pip install -e .`` or ``python setup.py build_ext --inplace`` (a stale build is
@@ -21,7 +20,6 @@ detected by its ABI version and reported as unavailable).
 from __future__ import annotations
 
 import ctypes
-import functools
 import importlib.util
 import os
 import threading
@@ -32,12 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _partitioned, _reference
+from . import _partitioned
 
-__all__ = ["available", "unavailable_reason", "supports", "norm_fwd", "norm_bwd", "isa_level"]
+__all__ = ["available", "unavailable_reason", "norm_fwd", "norm_bwd", "isa_level"]
 
 Array = jax.Array
-_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 _ABI_VERSION = 1  # must equal RnlibNormCpuAbiVersion() in norm_cpu.cc
 _TARGETS = {"rnlib_norm_fwd_cpu": "RnlibNormFwdCpu", "rnlib_norm_bwd_cpu": "RnlibNormBwdCpu"}
 _lock = threading.Lock()
@@ -95,15 +92,6 @@ def isa_level(request: int = 0) -> int:
     """Instruction-set level the kernels run for ``request`` (0: best): 1 portable, 2 AVX2, 3 AVX-512, 4 AVX-512
     with BF16 conversions; 0 if the library is not available."""
     return int(_lib.RnlibNormCpuIsa(int(request))) if available() else 0
-
-
-def supports(rows: int, width: int, dtype: Any) -> bool:
-    """Whether the native kernels take a ``(rows, width)`` problem with ``x`` of ``dtype`` (f32/bf16/f16)."""
-    try:
-        ok_dtype = np.dtype(dtype) in _DTYPES
-    except TypeError:
-        return False
-    return ok_dtype and int(rows) >= 1 and int(width) >= 1
 
 
 @dataclass(frozen=True)
@@ -168,119 +156,40 @@ def _bwd_call(cfg: _Cfg, dy, h, mean, rstd, scale, dh_extra):
     return dx, dscale, dbias
 
 
-def _ref_fwd(cfg: _Cfg):
-    return functools.partial(_reference.norm_fwd, epsilon=cfg.epsilon, rms=cfg.rms, out_dtype=cfg.out_dtype,
-                             residual_dtype=cfg.residual_dtype)
-
-
-def _ref_bwd(cfg: _Cfg):
-    return functools.partial(_reference.norm_bwd, rms=cfg.rms, has_bias=cfg.has_bias, dx_dtype=cfg.out_dtype)
-
-
-def _with_reference_vjp(call, reference):
-    """``call`` as a custom_vjp whose backward is the VJP of ``reference(cfg)`` (the same maths, in jnp)."""
-    f = jax.custom_vjp(call, nondiff_argnums=(0,))
-
-    def fwd(cfg, *args):
-        return call(cfg, *args), args
-
-    def bwd(cfg, args, cts):
-        return jax.vjp(reference(cfg), *args)[1](cts)
-
-    f.defvjp(fwd, bwd)
-    return f
-
-
-_fwd_native = _with_reference_vjp(_fwd_call, _ref_fwd)
-_bwd_native = _with_reference_vjp(_bwd_call, _ref_bwd)
-
-
-def _check(name: str, a, shape) -> None:
-    if a is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
-
-
-def _check_dtype(name: str, dtype) -> None:
-    if np.dtype(dtype) not in _DTYPES:
-        raise ValueError(f"{name}: the native kernels take float32/bfloat16/float16, got {np.dtype(dtype).name}")
-
-
-def _check_platform(platform: str) -> None:
-    if platform != "cpu":
-        raise ValueError(f"the native kernels run on platform 'cpu' only, got {platform!r}")
-    if not available():
-        raise RuntimeError(f"rnlib.kernels.native is not available: {unavailable_reason()}")
-
-
 def norm_fwd(x: Array, residual: Optional[Array], scale: Optional[Array], bias: Optional[Array], *,
-             epsilon: float, rms: bool, out_dtype: Any, residual_dtype: Any = None,
-             platform: str = "cpu") -> tuple[Array, Optional[Array], Array, Array]:
+             epsilon: float, rms: bool, out_dtype: Any, residual_dtype: Any = None
+             ) -> tuple[Array, Optional[Array], Array, Array]:
     """Layer/RMS norm forward of ``x`` (or ``h = x + residual``), normalised over the last axis.
 
-    Args: x (R, W) f32/bf16/f16; residual (R, W) or None; scale, bias (W,) or None; ``out_dtype`` of y
-    (None: x's); ``residual_dtype`` of h (None: residual's).
+    Args (validated by the caller): x (R, W) f32/bf16/f16; residual (R, W) or None; scale, bias (W,) or None;
+    ``out_dtype`` of y; ``residual_dtype`` of h (None: residual's); all f32/bf16/f16.
     Returns ``(y, h, mean, rstd)``: y (R, W); h = round_{residual_dtype}(x + residual) or None; mean, rstd (R,)
     float32 with ``mean`` the mean of ``h - h[:, 0]`` for layer norm (zeros for RMS) and
-    ``rstd = rsqrt(max(var, 0) + epsilon)`` (two-pass variance): exactly ``rnlib.ops.norm_xla.norm_fwd``.
+    ``rstd = rsqrt(max(var, 0) + epsilon)`` (two-pass variance): the values of ``rnlib.ops``' plain maths.
     """
-    _check_platform(platform)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D (rows, width), got shape {tuple(x.shape)}")
-    rows, width = x.shape
-    _check("residual", residual, (rows, width))
-    _check("scale", scale, (width,))
-    _check("bias", bias, (width,))
-    if not supports(rows, width, x.dtype):
-        raise ValueError(f"unsupported native norm problem: x {tuple(x.shape)} {x.dtype}")
-    out_dtype = np.dtype(x.dtype if out_dtype is None else out_dtype)
-    _check_dtype("out_dtype", out_dtype)
+    if not available():
+        raise RuntimeError(f"rnlib.kernels.native is not available: {unavailable_reason()}")
     if residual is not None:
         residual_dtype = np.dtype(residual.dtype if residual_dtype is None else residual_dtype)
-        _check_dtype("residual", residual.dtype)
-        _check_dtype("residual_dtype", residual_dtype)
-    else:
-        residual_dtype = None
-    for name, p in (("scale", scale), ("bias", bias)):
-        if p is not None:
-            _check_dtype(name, p.dtype)
-    cfg = _Cfg(epsilon=float(epsilon), rms=bool(rms), out_dtype=out_dtype, residual_dtype=residual_dtype)
-    return _fwd_native(cfg, x, residual, scale, bias)
+    cfg = _Cfg(epsilon=float(epsilon), rms=bool(rms), out_dtype=np.dtype(out_dtype),
+               residual_dtype=residual_dtype if residual is not None else None)
+    return _fwd_call(cfg, x, residual, scale, bias)
 
 
-def norm_bwd(dy: Array, h: Array, mean: Optional[Array], rstd: Array, scale: Optional[Array],
-             dh_extra: Optional[Array], *, rms: bool, has_bias: bool, dx_dtype: Any,
-             platform: str = "cpu") -> tuple[Array, Optional[Array], Optional[Array]]:
-    """Backward of :func:`norm_fwd` from its saved ``(h, mean, rstd)``; exactly ``rnlib.ops.norm_xla.norm_bwd``.
+def norm_bwd(dy: Array, h: Array, mean: Array, rstd: Array, scale: Optional[Array], dh_extra: Optional[Array], *,
+             rms: bool, has_bias: bool, dx_dtype: Any) -> tuple[Array, Optional[Array], Optional[Array]]:
+    """Backward of :func:`norm_fwd` from its saved ``(h, mean, rstd)``.
 
     With ``g = dy * scale`` and ``x_hat = ((h - h[:, 0]) - mean) * rstd`` (no shift for RMS)::
 
         dx = rstd * (g - x_hat * mean_W(g * x_hat) - mean_W(g)) + dh_extra     (no mean_W(g) for RMS)
         dscale = sum_R(dy * x_hat),   dbias = sum_R(dy)
 
-    Args: dy, h (R, W); mean, rstd (R,) float32 (mean None: zeros); scale (W,) or None; dh_extra (R, W) or None.
+    Args: dy, h (R, W); mean, rstd (R,) float32; scale (W,) or None; dh_extra (R, W) or None.
     Returns ``(dx (R, W) dx_dtype, dscale (W,) float32 or None, dbias (W,) float32 or None)``. The sums over
     rows use fixed row blocks reduced in a fixed order: bit-identical from run to run, for any thread count.
     """
-    _check_platform(platform)
-    if h.ndim != 2:
-        raise ValueError(f"h must be 2-D (rows, width), got shape {tuple(h.shape)}")
-    rows, width = h.shape
-    _check("dy", dy, (rows, width))
-    _check("dh_extra", dh_extra, (rows, width))
-    _check("mean", mean, (rows,))
-    _check("rstd", rstd, (rows,))
-    _check("scale", scale, (width,))
-    if not supports(rows, width, h.dtype):
-        raise ValueError(f"unsupported native norm problem: h {tuple(h.shape)} {h.dtype}")
-    for name, a in (("dy", dy), ("scale", scale), ("dh_extra", dh_extra)):
-        if a is not None:
-            _check_dtype(name, a.dtype)
-    for name, a in (("mean", mean), ("rstd", rstd)):
-        if a is not None and np.dtype(a.dtype) != np.float32:
-            raise ValueError(f"{name} must be float32, got {np.dtype(a.dtype).name}")
-    dx_dtype = np.dtype(h.dtype if dx_dtype is None else dx_dtype)
-    _check_dtype("dx_dtype", dx_dtype)
-    if mean is None:
-        mean = jnp.zeros((rows,), jnp.float32)
-    cfg = _Cfg(rms=bool(rms), out_dtype=dx_dtype, has_bias=bool(has_bias))
-    return _bwd_native(cfg, dy, h, mean, rstd, scale, dh_extra)
+    if not available():
+        raise RuntimeError(f"rnlib.kernels.native is not available: {unavailable_reason()}")
+    cfg = _Cfg(rms=bool(rms), out_dtype=np.dtype(dx_dtype), has_bias=bool(has_bias))
+    return _bwd_call(cfg, dy, h, mean, rstd, scale, dh_extra)

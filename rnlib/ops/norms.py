@@ -1,10 +1,10 @@
 """Public norm functions: layer norm, RMS norm, fused residual-add + norm, and the stats-reinjecting LN.
 
-Every function follows the numerics contract of DESIGN.md: float32 statistics (float64 for float64 input),
+Every function follows one numerics contract: float32 statistics (float64 for float64 input),
 two-pass variance clamped at 0, ``rsqrt(var + epsilon)``, parameters broadcast like Flax
 (``reduction_axes``/``feature_axes``), output in ``dtype`` if given else the input dtype, cast once at the end,
 and a hand-written backward (``jax.custom_vjp``) that saves float32 ``mean``/``rstd``.
-Reverse-over-reverse differentiation (e.g. gradient penalties) works on the XLA and native paths; forward-mode
+Reverse-over-reverse differentiation (e.g. gradient penalties) works on every backend; forward-mode
 (``jax.jvp``/``jacfwd``) does not, as for any ``custom_vjp``.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from rnlib.ops import checks, dispatch, norm_xla
-from rnlib.ops.axes import Axes, make_layout
-from rnlib.ops.norm_core import NormConfig, norm2d
+from rnlib.ops import _args, _backends, _norm_math
+from rnlib.ops._args import Axes, make_layout
+from rnlib.ops._norm_vjp import norm2d
 
 Array = jax.Array
 NORMS = ("layer", "rms")
@@ -25,42 +25,44 @@ NORMS = ("layer", "rms")
 def _normalize(x, residual, scale, bias, stats_scale, *, rms: bool, reduction_axes: Axes, feature_axes: Axes,
                epsilon: float, dtype: Any, residual_dtype: Any, impl: str, platform: Optional[str]):
     """Shared body of every public norm: validate, go to 2-D, run :func:`norm2d`, come back. Returns (y, h)."""
-    x = checks.as_float_array(x, "x")
-    eps = checks.check_epsilon(epsilon)
+    x = _args.as_float_array(x, "x")
     lay = make_layout(x.shape, reduction_axes, feature_axes)
-    scale = checks.check_param(scale, "scale", lay.param_shape, x.shape, lay.feature)
-    bias = checks.check_param(bias, "bias", lay.param_shape, x.shape, lay.feature)
+    scale = _args.check_param(scale, "scale", lay.param_shape, x.shape, lay.feature)
+    bias = _args.check_param(bias, "bias", lay.param_shape, x.shape, lay.feature)
     if stats_scale is not None:
-        stats_scale = checks.check_param(stats_scale, "stats_scale", (2,) + lay.param_shape, x.shape,
-                                         lay.feature)
-    out_dtype = checks.check_dtype(dtype, "dtype") or x.dtype
+        stats_scale = _args.check_param(stats_scale, "stats_scale", (2,) + lay.param_shape, x.shape,
+                                        lay.feature)
+    out_dtype = _args.check_dtype(dtype, "dtype") or x.dtype
     if residual is not None:
-        residual = checks.check_residual(residual, x.shape)
-        residual_dtype = (checks.check_dtype(residual_dtype, "residual_dtype")
+        residual = _args.check_residual(residual, x.shape)
+        residual_dtype = (_args.check_dtype(residual_dtype, "residual_dtype")
                           or jnp.promote_types(x.dtype, residual.dtype))
     elif residual_dtype is not None:
         raise ValueError("residual_dtype is only meaningful together with a residual")
-    checks.check_choice(impl, "impl", dispatch.IMPLS)
-    plat = dispatch.resolve_platform(platform)
-    if stats_scale is not None and impl in ("pallas", "native"):
+    _args.check_choice(impl, "impl", _backends.IMPLS)
+    cdt = _norm_math.compute_dtype(x.dtype, None if residual is None else residual.dtype)
+    eps = _args.check_epsilon(epsilon, cdt)
+    with_stats = stats_scale is not None
+    if with_stats and impl in ("pallas", "native"):
         raise ValueError(f"layer_norm_with_stats has no {impl} kernel; use impl='auto' or 'xla'")
-    backend = (norm_xla if stats_scale is not None else
-               dispatch.choose_backend(impl, plat, lay.rows, lay.width, x.dtype, lay.features_in_rows))
 
     in_core = not lay.features_in_rows       # parameters fold into (W,) vectors the backend applies
-    plain = in_core and stats_scale is None  # the backend's output is already the answer
-    cdt = norm_xla.compute_dtype(x.dtype, None if residual is None else residual.dtype)
-    cfg = NormConfig(
-        epsilon=eps, rms=rms, out_dtype=out_dtype if plain else cdt, x_dtype=x.dtype,
-        residual_dtype=None if residual is None else jnp.dtype(residual_dtype),
+    plain = in_core and not with_stats       # the backend's output is already the answer
+    spec = _backends.NormSpec(
+        rows=lay.rows, width=lay.width, rms=rms, epsilon=eps, x_dtype=x.dtype,
+        out_dtype=jnp.dtype(out_dtype if plain else cdt), platform=_backends.resolve_platform(platform),
+        scale_dtype=None if scale is None or not in_core else scale.dtype,
+        bias_dtype=None if bias is None or not in_core else bias.dtype,
         residual_in_dtype=None if residual is None else residual.dtype,
-        backend=dispatch.backend_name(backend), platform=plat, with_stats=stats_scale is not None)
+        residual_dtype=None if residual is None else jnp.dtype(residual_dtype),
+        params_in_rows=lay.features_in_rows, with_stats=with_stats)
     to_w = lay.param_to_width
-    out = norm2d(cfg, lay.to_2d(x), None if residual is None else lay.to_2d(residual),
-                 None if scale is None or not in_core else to_w(scale),
-                 None if bias is None or not in_core else to_w(bias))
+    out = norm2d(spec, _backends.choose(impl, spec), lay.to_2d(x),
+                 None if residual is None else lay.to_2d(residual),
+                 None if spec.scale_dtype is None else to_w(scale),
+                 None if spec.bias_dtype is None else to_w(bias))
     y2, h2 = out[0], out[1]
-    if stats_scale is not None:
+    if with_stats:
         mean, rstd = out[2], out[3]
         row_terms = (mean, -jnp.log(rstd))   # per-example mean and log(sigma), sigma = sqrt(var + eps)
         if in_core:
@@ -94,9 +96,10 @@ def layer_norm(x: Array, scale: Optional[Array] = None, bias: Optional[Array] = 
       x: input of any shape ``(..., D)``; float16/bfloat16/float32/float64.
       scale, bias: optional parameters with the shape of x's ``feature_axes`` (``(D,)`` by default).
       reduction_axes: axes normalised over (Flax convention). feature_axes: axes that carry parameters.
-      epsilon: static float > 0. dtype: output dtype (default: ``x.dtype``).
+      epsilon: static float, at least the smallest normal number of the statistics dtype (float32: 1.2e-38).
+      dtype: output dtype (default: ``x.dtype``).
       impl: "auto" (Pallas on GPU/TPU, the native kernel on CPU, when supported; else XLA), "xla", "pallas"
-        (interpret mode on CPU) or "native" (the C++ CPU kernel, an XLA FFI call). See rnlib.ops.dispatch.
+        (interpret mode on CPU) or "native" (the C++ CPU kernel, an XLA FFI call).
       platform: None (default backend) or "cpu"/"gpu"/"tpu": the lowering to trace for.
 
     Returns:
@@ -136,7 +139,7 @@ def add_norm(x: Array, residual: Array, scale: Optional[Array] = None, bias: Opt
     Returns:
       ``(y, new_residual)``, both with ``x``'s shape; ``y`` in ``dtype`` (default ``x.dtype``).
     """
-    checks.check_choice(norm, "norm", NORMS)
+    _args.check_choice(norm, "norm", NORMS)
     if norm == "rms" and bias is not None:
         raise ValueError("add_norm(norm='rms') takes no bias")
     if residual is None:

@@ -108,13 +108,13 @@ def test_cli_without_rich_prints_plain_tables(tmp_path, monkeypatch, capsys):
 
 def test_norm_ratios_prints_one_line_per_rnlib_impl(tmp_path, capsys):
     from benchmarks import norm_ratios
-    from rnlib.ops import dispatch
+    from rnlib import ops
 
     out = tmp_path / "ratios.json"
     assert norm_ratios.main(["--shapes", "8x128", "--dtypes", "float32", "--target-s", "0.001", "--repeats", "3",
                              "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    expected = {"xla"} | ({"native"} if dispatch.native_module() is not None else set())
+    expected = {"xla"} | ({"native"} if not ops.backend_unavailable("native") else set())
     assert {r["impl"] for r in rows} == expected
     for r in rows:
         assert r["fwd/copy"] > 0 and r["fwd+bwd/copy"] > 0 and r["linen/rnlib"] > 0

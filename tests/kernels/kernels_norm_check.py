@@ -1,5 +1,5 @@
 """Shared checker for the kernel tests: run rnlib.kernels (fwd + bwd under one jit) and compare every output with
-the float64 reference (tests/norm_reference.py) and with the XLA path (rnlib.ops.norm_xla).
+the float64 reference (tests/norm_reference.py) and with the XLA path (rnlib's plain maths, rnlib.ops._norm_math).
 
 Tolerances (DESIGN.md): float32 y/dx -- max abs error <= RTOL_F32 of the natural scale of the output, hostile
 inputs included (mean 1e4 / std 1e-2 needs the kernels' h[:, 0] shift to meet it); bf16/f16 y/dx -- twice the error
@@ -94,14 +94,14 @@ def run_kernels(inp, *, rms, platform, plan=None, out_dtype=None, dx_dtype=None)
 
 
 def run_xla(inp, *, rms):
-    from rnlib.ops import norm_xla
+    from rnlib.ops import _norm_math
 
     dtype = inp["x"].dtype
     a = {k: None if v is None else jnp.asarray(v) for k, v in inp.items()}
-    y, h, mean, rstd = norm_xla.norm_fwd(a["x"], a["residual"], a["scale"], a["bias"], epsilon=EPS, rms=rms,
-                                         out_dtype=dtype, residual_dtype=None if a["residual"] is None else dtype)
-    dx, ds, db = norm_xla.norm_bwd(a["dy"], a["x"] if h is None else h, mean, rstd, a["scale"], a["dh_extra"],
-                                   rms=rms, has_bias=a["bias"] is not None, dx_dtype=dtype)
+    y, h, mean, rstd = _norm_math.forward(a["x"], a["residual"], a["scale"], a["bias"], epsilon=EPS, rms=rms,
+                                          out_dtype=dtype, residual_dtype=None if a["residual"] is None else dtype)
+    dx, ds, db = _norm_math.backward(a["dy"], a["x"] if h is None else h, mean, rstd, a["scale"], a["dh_extra"],
+                                     rms=rms, has_bias=a["bias"] is not None, dx_dtype=dtype)
     return {k: np.asarray(v) for k, v in dict(y=y, dx=dx).items()}
 
 

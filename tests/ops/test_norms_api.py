@@ -135,7 +135,9 @@ def _in_x64(fn):
      "no native kernel"),
     (lambda: layer_norm(jnp.ones((2, 3)), impl="native", platform="gpu"), ValueError, "CPU only|cannot run here"),
     (lambda: _in_x64(lambda: layer_norm(jnp.ones((2, 3), jnp.float64), impl="native")), ValueError,
-     "does not support.*float64"),
+     "impl='native' cannot run.*float32/bfloat16/float16 operands only, got float64"),
+    (lambda: layer_norm(jnp.ones((2, 3)), epsilon=1e-40), ValueError, "epsilon=1e-40 is below the smallest normal"),
+    (lambda: layer_norm(jnp.ones((2, 3)), epsilon=1e-39), ValueError, "below the smallest normal float32"),
 ])
 def test_bad_input_raises_naming_argument(call, exc, match):
     with pytest.raises(exc, match=match):
