@@ -83,8 +83,8 @@ def shapes_sentence(recs: list[dict]) -> str:
 
 
 NORMS_INTRO = ("Each figure is the bytes an op must move divided by its time, as a fraction of the bandwidth of a "
-               "copy: a jitted `x + 1` on the same array (it reads and writes the array once), timed side by side in the "
-               "same run; 1.0 = as fast as that copy. Arrays of |x| counted (forward, backward, forward+backward): "
+               "copy: a jitted `x + 1` on the same array (it reads and writes the array once), timed side by side in "
+               "the same run; 1.0 = as fast as that copy. Arrays of |x| counted (forward, backward, forward+backward): "
                + "; ".join(f"{op} {', '.join(str(v) for v in moved.values())}"
                            for op, moved in harness.ARRAYS_MOVED.items()) + ".")
 
