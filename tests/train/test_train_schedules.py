@@ -66,3 +66,35 @@ def test_adam_variants_step(name):
     np.testing.assert_allclose(np.asarray(upd["w"]), -1e-3, rtol=0.05)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lamb", 0.1)
+
+
+def test_imagenet_schedule_and_linear_warmup():
+    from rnlib.train.schedules import make_schedule
+
+    s = make_schedule("imagenet", 90, 0.4)
+    assert [float(s(c)) for c in (0, 29, 30, 59, 60, 89)] == pytest.approx([0.4, 0.4, 0.04, 0.04, 0.004, 0.004])
+    w = make_schedule("imagenet", 90, 0.4, warmup_steps=5)
+    assert [float(w(c)) for c in (0, 1, 4, 5, 30)] == pytest.approx([0.0, 0.08, 0.32, 0.4, 0.04])
+    c = make_schedule("cosine", 100, 0.4, warmup_steps=10)
+    assert [float(c(k)) for k in (0, 5, 10, 55, 100)] == pytest.approx([0.0, 0.2, 0.4, 0.2, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="not combined with warmup"):
+        make_schedule("paper", 100, 0.1, warmup=True, warmup_steps=3)
+
+
+def test_label_smoothing_loss_matches_float64():
+    import jax.numpy as jnp
+
+    from rnlib.train.state import _xent
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)) * 3
+    label = rng.integers(0, 5, 6)
+    eps = 0.1
+    target = np.full((6, 5), eps / 5) + (1 - eps) * np.eye(5)[label]
+    logp = logits - logits.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    want = -(target * logp).sum(1)
+    got = np.asarray(_xent(jnp.asarray(logits, jnp.float32), jnp.asarray(label), 5, eps))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    plain = np.asarray(_xent(jnp.asarray(logits, jnp.float32), jnp.asarray(label), 5, 0.0))
+    np.testing.assert_allclose(plain, -logp[np.arange(6), label], rtol=1e-5, atol=1e-6)
