@@ -38,7 +38,7 @@ IMPL_WORDS = {
     "torch": "PyTorch eager", "pallas_gpu_ln": "jax.experimental.pallas GPU layer norm",
 }
 TRAIN_WORDS = {"rnlib": "rnlib models + train step", "rnlib_unrolled": "rnlib, ResNet blocks unrolled",
-               "reference_linen": "reference Flax linen code", "torch": "PyTorch eager"}
+               "reference_linen": "reference Flax linen code", "torch": "PyTorch"}
 COMPILE_WORDS = {"rnlib_scan": "each stage's blocks under lax.scan", "rnlib_unrolled": "every block unrolled"}
 NORM_REFERENCES = ("flax_linen", "flax_nnx", "jnp_reference")  # what a ratio is against, first one measured
 TRAIN_REFERENCE = "reference_linen"
@@ -215,8 +215,10 @@ def train_figure(recs: list[dict]) -> Figure:
                 rel = s / speeds[ref]
                 rel_all.append(rel)
                 ax.bar(x, rel, width * 0.95, color=colors[impl])
-                ax.annotate(f"{_speed_text(rel)}\n{s:,.0f}/s", (x, rel), textcoords="offset points", xytext=(0, 2),
-                            ha="center", va="bottom", fontsize=7)
+                mode = cells[impl].get("torch_mode")  # "compiled", or "eager (why)": only the first word fits
+                text = f"{_speed_text(rel)}\n{s:,.0f}/s" + (f"\n{mode.split()[0]}" if mode else "")
+                ax.annotate(text, (x, rel), textcoords="offset points", xytext=(0, 2), ha="center", va="bottom",
+                            fontsize=7)
             else:
                 why = cells[impl].get("error") or cells[impl].get("note") or "not timed"
                 ax.plot([x], [0], marker="x", color=colors[impl], ms=8, mew=2, clip_on=False, zorder=4)

@@ -132,6 +132,8 @@ def _train_recs():
         {**base, "name": "resnet50", "impl": "rnlib", "shape": [16, 224, 224, 3], "batch": 16, "image_size": 224,
          "time_s": 0.5},
         {**base, "name": "resnet50", "impl": "reference_linen", "shape": [16, 224, 224, 3], "time_s": 0.4},
+        {**base, "name": "resnet50", "impl": "torch", "shape": [16, 224, 224, 3], "batch": 16, "image_size": 224,
+         "time_s": 0.2, "torch_mode": "eager (torch.compile failed: RuntimeError: x)", "step_bytes": None},
     ]
 
 
@@ -143,9 +145,9 @@ def test_train_figure_relative_bars_with_and_without_images_per_s():
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == ["resnet20\nbatch 32 × 32×32×3", "resnet50\nbatch 16 × 224×224×3"]
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
-    assert heights == [0.5, 0.8, 1.0, 1.0]  # 160/320, (16/0.5)/(16/0.4), and the two references
+    assert heights == [0.5, 0.8, 1.0, 1.0, 2.0]  # 160/320, (16/0.5)/(16/0.4), the two references, torch 80/40
     text = " ".join(_texts(ax))
-    assert "0.50×\n160/s" in text and "0.80×\n32/s" in text
+    assert "0.50×\n160/s" in text and "0.80×\n32/s" in text and "2.00×\n80/s\neager" in text
     assert "ImportError" in text.replace("\n", " ")  # the failed torch run is marked, not dropped
     plots.plt.close(fig)
 
@@ -154,7 +156,7 @@ def test_train_markdown_states_batch_and_example_shape_and_speed_ratio():
     md = report.train_markdown(_train_recs())
     assert "| model | batch | one example | rnlib | reference_linen | torch | rnlib / ref speed |" in md
     assert "| resnet20 | 32 | 32x32x3 | 160 (200.0 ms) | 320 (100.0 ms) | ImportError: no torch | 0.50 |" in md
-    assert "| resnet50 | 16 | 224x224x3 | 32 (500.0 ms) | 40 (400.0 ms) |  | 0.80 |" in md
+    assert "| resnet50 | 16 | 224x224x3 | 32 (500.0 ms) | 40 (400.0 ms) | 80 (200.0 ms) | 0.80 |" in md
 
 
 def test_batch_and_example_reads_the_record_fields():
