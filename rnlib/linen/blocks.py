@@ -7,12 +7,14 @@ when training, as with ``flax.linen.BatchNorm``. ``use_running_average`` is a fi
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
 from flax import linen as nn
 
 from rnlib.ops import residual as R
+from rnlib.ops.residual import BlockOptions, BlockSpec
 
 
 def _declare(module: nn.Module, init: Callable[[jax.Array], tuple[dict, dict]]) -> tuple[dict, Any]:
@@ -26,24 +28,18 @@ def _declare(module: nn.Module, init: Callable[[jax.Array], tuple[dict, dict]]) 
 
 
 class _Block(nn.Module):
+    """Shared fields and the variable handling of ResidualBlock / ResidualStack."""
+
     features: int
-    kind: str = "basic"
-    order: str = "post"
-    shortcut: str = "B"
-    norm: str = "batch"
-    expansion: int = 4
-    zero_init_last: bool = False
-    branch_scale: bool = False
-    momentum: float = 0.9
-    epsilon: float = 1e-5
+    options: BlockOptions = BlockOptions()
     dtype: Any = None
     use_running_average: Optional[bool] = None
 
-    def _spec(self, in_features: int, stride: int) -> R.BlockSpec:
-        return R.BlockSpec(in_features=in_features, features=self.features, kind=self.kind, order=self.order,
-                           shortcut=self.shortcut, norm=self.norm, stride=stride, expansion=self.expansion,
-                           zero_init_last=self.zero_init_last, branch_scale=self.branch_scale,
-                           momentum=self.momentum, epsilon=self.epsilon)
+    def _options(self) -> BlockOptions:
+        return self.options
+
+    def _spec(self, in_features: int, stride: int) -> BlockSpec:
+        return BlockSpec.of(in_features, self.features, stride, self._options())
 
     def _run(self, x: jax.Array, use_running_average: Optional[bool], init: Callable, apply: Callable) -> jax.Array:
         ura = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
@@ -58,7 +54,11 @@ class _Block(nn.Module):
 
 
 class ResidualBlock(_Block):
-    """One residual block (see ``rnlib.ops.residual``): NHWC (N, H, W, C) -> (N, H/stride, W/stride, out)."""
+    """One residual block (see ``rnlib.ops.residual``): NHWC (N, H, W, C) -> (N, H/stride, W/stride, out).
+
+    ``options``: a ``rnlib.ops.BlockOptions`` (kind, order, shortcut, norm, ...), e.g.
+    ``ResidualBlock(64, stride=2, options=BlockOptions(order="pre"))``.
+    """
 
     stride: int = 1
 
@@ -71,9 +71,10 @@ class ResidualBlock(_Block):
 
 
 class BottleneckBlock(ResidualBlock):
-    """``ResidualBlock`` with ``kind="bottleneck"`` (output ``expansion * features``)."""
+    """``ResidualBlock`` whose options have ``kind="bottleneck"`` (output ``expansion * features``)."""
 
-    kind: str = "bottleneck"
+    def _options(self) -> BlockOptions:
+        return dataclasses.replace(self.options, kind="bottleneck")
 
 
 class ResidualStack(_Block):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rnlib.nn.blocks import ConvNorm, ResidualBlock, ResidualStack
-from rnlib.ops.residual import lecun_normal
+from rnlib.ops.residual import BlockOptions, lecun_normal
 
 
 class ResNet(nnx.Module):
@@ -24,22 +24,21 @@ class ResNet(nnx.Module):
       name: model name used in error messages (e.g. ``"cifar_resnet20"``).
       stage_sizes: blocks per stage; stage i > 0 starts with a stride-2 block.
       widths: per-stage width (output channels of a basic block; inner width of a bottleneck).
-      kind, order, shortcut, norm, expansion, zero_init_last, branch_scale, momentum, epsilon: block options
-        (see ``rnlib.ops.residual``).
       stem_features, stem_kernel, stem_stride, stem_pool: the stem convolution and an optional 3x3/2 max-pool.
       stem_norm: whether the stem conv is followed by norm-ReLU (False for the CIFAR pre-activation nets, whose
         first block pre-activates its input).
       scan, remat, remat_policy: how each stage's stack of identical blocks runs (see ``ResidualStack``).
       dtype: compute dtype of convolutions and the classifier (parameters stay float32).
+      block_options: ``rnlib.ops.BlockOptions`` fields shared by every block (kind, order, shortcut, norm,
+        expansion, zero_init_last, branch_scale, momentum, epsilon); norm, momentum and epsilon also apply to the
+        stem's and the final norm.
     """
 
     def __init__(self, *, name: str, stage_sizes: Sequence[int], widths: Sequence[int], num_classes: int,
-                 in_features: int = 3, kind: str = "basic", order: str = "post", shortcut: str = "B",
-                 norm: str = "batch", expansion: int = 4, zero_init_last: bool = False, branch_scale: bool = False,
-                 momentum: float = 0.9, epsilon: float = 1e-5, stem_features: int = 64, stem_kernel: int = 3,
-                 stem_stride: int = 1, stem_pool: bool = False, stem_norm: bool = True, scan: bool = True,
-                 remat: bool = False, remat_policy: Callable[..., bool] | None = None, dtype: Any = None,
-                 rngs: nnx.Rngs):
+                 in_features: int = 3, stem_features: int = 64, stem_kernel: int = 3, stem_stride: int = 1,
+                 stem_pool: bool = False, stem_norm: bool = True, scan: bool = True, remat: bool = False,
+                 remat_policy: Callable[..., bool] | None = None, dtype: Any = None, rngs: nnx.Rngs,
+                 **block_options: Any):
         if len(stage_sizes) != len(widths) or not stage_sizes or min(stage_sizes) < 1:
             raise ValueError(f"{name}: need one width per stage and >= 1 block per stage, got stage_sizes="
                              f"{list(stage_sizes)}, widths={list(widths)}")
@@ -51,12 +50,14 @@ class ResNet(nnx.Module):
         self.dtype = dtype
         self.stem_pool = stem_pool
         self.min_spatial = stem_stride * (2 if stem_pool else 1) * 2 ** (len(stage_sizes) - 1)
-        common = dict(kind=kind, order=order, shortcut=shortcut, norm=norm, expansion=expansion,
-                      zero_init_last=zero_init_last, branch_scale=branch_scale, momentum=momentum,
-                      epsilon=epsilon, dtype=dtype)
+        try:
+            opts = BlockOptions(**block_options)
+        except TypeError as e:  # an unknown keyword: name the model
+            raise TypeError(f"{name}: {e}") from None
+        common = dict(dtype=dtype, **opts.as_dict())
         self.stem = ConvNorm(in_features, stem_features, kernel_size=stem_kernel, stride=stem_stride,
-                             norm=norm if stem_norm else "none", relu=stem_norm, momentum=momentum,
-                             epsilon=epsilon, dtype=dtype, rngs=rngs)
+                             norm=opts.norm if stem_norm else "none", relu=stem_norm, momentum=opts.momentum,
+                             epsilon=opts.epsilon, dtype=dtype, rngs=rngs)
         heads, stacks = [], []
         cin = stem_features
         for i, (n, w) in enumerate(zip(stage_sizes, widths)):
@@ -67,8 +68,8 @@ class ResNet(nnx.Module):
             cin = head.out_features
         self.heads = nnx.data(heads)
         self.stacks = nnx.data(stacks)
-        self.final_norm = (ConvNorm(cin, cin, kernel_size=0, norm=norm, relu=True, momentum=momentum,
-                                    epsilon=epsilon, dtype=dtype, rngs=rngs) if order == "pre" else None)
+        self.final_norm = (ConvNorm(cin, cin, kernel_size=0, norm=opts.norm, relu=True, momentum=opts.momentum,
+                                    epsilon=opts.epsilon, dtype=dtype, rngs=rngs) if opts.order == "pre" else None)
         self.head = nnx.Linear(cin, num_classes, dtype=dtype, kernel_init=lecun_normal, rngs=rngs)
 
     def check_input(self, x: jax.Array) -> None:

@@ -12,6 +12,7 @@ import jax
 from flax import nnx
 
 from rnlib.ops import residual as R
+from rnlib.ops.residual import BlockOptions, BlockSpec
 
 Dtype = Any
 
@@ -31,7 +32,7 @@ def _assign(tree: dict, values: dict) -> None:
 class _BlockBase(nnx.Module):
     """Shared storage and mode handling for ResidualBlock / ResidualStack."""
 
-    spec: R.BlockSpec
+    spec: BlockSpec
 
     def _store(self, params: dict, state: dict) -> None:
         self.params = nnx.data(_wrap(params, nnx.Param))
@@ -46,26 +47,18 @@ class _BlockBase(nnx.Module):
         return _values(self.params)
 
 
-def _spec(in_features: int, features: int, kind: str, **kw: Any) -> R.BlockSpec:
-    return R.BlockSpec(in_features=in_features, features=features, kind=kind, **kw)
-
-
 class ResidualBlock(_BlockBase):
     """One residual block: NHWC (N, H, W, in_features) -> (N, ceil(H/stride), ceil(W/stride), out_features).
 
-    See ``rnlib.ops.residual`` for the maths and the options (``order``, ``shortcut``, ``norm``,
-    ``zero_init_last``, ``branch_scale``). ``features`` is the output width for ``kind="basic"`` and the inner
-    width (output ``expansion * features``) for ``kind="bottleneck"``; ``BottleneckBlock`` presets the latter.
+    ``options`` are ``rnlib.ops.BlockOptions`` fields (``kind``, ``order``, ``shortcut``, ``norm``, ``expansion``,
+    ``zero_init_last``, ``branch_scale``, ``momentum``, ``epsilon``; see there for the maths). ``features`` is the
+    output width for ``kind="basic"`` and the inner width (output ``expansion * features``) for
+    ``kind="bottleneck"``; ``BottleneckBlock`` presets the latter.
     """
 
-    def __init__(self, in_features: int, features: int, *, stride: int = 1, kind: str = "basic",
-                 order: str = "post", shortcut: str = "B", norm: str = "batch", expansion: int = 4,
-                 zero_init_last: bool = False, branch_scale: bool = False, momentum: float = 0.9,
-                 epsilon: float = 1e-5, dtype: Dtype | None = None, use_running_average: bool = False,
-                 rngs: nnx.Rngs):
-        self.spec = _spec(in_features, features, kind, stride=stride, order=order, shortcut=shortcut, norm=norm,
-                          expansion=expansion, zero_init_last=zero_init_last, branch_scale=branch_scale,
-                          momentum=momentum, epsilon=epsilon)
+    def __init__(self, in_features: int, features: int, *, stride: int = 1, dtype: Dtype | None = None,
+                 use_running_average: bool = False, rngs: nnx.Rngs, **options: Any):
+        self.spec = BlockSpec(in_features, features, stride, **options)
         self.dtype = dtype
         self.use_running_average = use_running_average
         self._store(*R.block_init(rngs.params(), self.spec))
@@ -94,20 +87,16 @@ class BottleneckBlock(ResidualBlock):
 class ResidualStack(_BlockBase):
     """``num_blocks`` identical shape-preserving blocks with stacked parameters (leading axis ``num_blocks``).
 
-    Runs them under ``lax.scan`` (``scan=True``; compile time independent of ``num_blocks``) or as an unrolled
-    loop (``scan=False``, same result); ``remat=True`` rematerialises each block in the backward pass under
-    ``remat_policy`` (a ``jax.checkpoint_policies`` entry, ``None`` = save nothing).
+    Input and output width ``BlockOptions(**options).output_width(features)``. Runs the blocks under ``lax.scan``
+    (``scan=True``; compile time independent of ``num_blocks``) or as an unrolled loop (``scan=False``, same
+    result); ``remat=True`` rematerialises each block in the backward pass under ``remat_policy`` (a
+    ``jax.checkpoint_policies`` entry, ``None`` = save nothing). ``options`` as for ``ResidualBlock``.
     """
 
-    def __init__(self, num_blocks: int, features: int, *, kind: str = "basic", order: str = "post",
-                 shortcut: str = "B", norm: str = "batch", expansion: int = 4, zero_init_last: bool = False,
-                 branch_scale: bool = False, momentum: float = 0.9, epsilon: float = 1e-5, scan: bool = True,
-                 remat: bool = False, remat_policy: Callable[..., bool] | None = None, dtype: Dtype | None = None,
-                 use_running_average: bool = False, rngs: nnx.Rngs):
-        width = features * (expansion if kind == "bottleneck" else 1)
-        self.spec = _spec(width, features, kind, order=order, shortcut=shortcut, norm=norm, expansion=expansion,
-                          zero_init_last=zero_init_last, branch_scale=branch_scale, momentum=momentum,
-                          epsilon=epsilon)
+    def __init__(self, num_blocks: int, features: int, *, scan: bool = True, remat: bool = False,
+                 remat_policy: Callable[..., bool] | None = None, dtype: Dtype | None = None,
+                 use_running_average: bool = False, rngs: nnx.Rngs, **options: Any):
+        self.spec = BlockSpec.stackable(features, BlockOptions(**options))
         self.num_blocks = num_blocks
         self.scan = scan
         self.remat = remat
@@ -135,10 +124,8 @@ class ResidualStack(_BlockBase):
         if not 0 <= i < self.num_blocks:
             raise IndexError(f"ResidualStack.block: index {i} out of range for {self.num_blocks} blocks")
         s = self.spec
-        blk = ResidualBlock(s.in_features, s.features, kind=s.kind, order=s.order, shortcut=s.shortcut,
-                            norm=s.norm, expansion=s.expansion, zero_init_last=s.zero_init_last,
-                            branch_scale=s.branch_scale, momentum=s.momentum, epsilon=s.epsilon, dtype=self.dtype,
-                            use_running_average=self.use_running_average, rngs=nnx.Rngs(0))
+        blk = ResidualBlock(s.in_features, s.features, dtype=self.dtype,
+                            use_running_average=self.use_running_average, rngs=nnx.Rngs(0), **s.options.as_dict())
         _assign(blk.params, jax.tree.map(lambda a: a[i], _values(self.params)))
         _assign(blk.batch_stats, jax.tree.map(lambda a: a[i], _values(self.batch_stats)))
         return blk

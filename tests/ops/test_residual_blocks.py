@@ -1,4 +1,4 @@
-"""Residual block maths (rnlib.ops.residual) and the NNX/linen block wrappers.
+"""Residual block maths (rnlib.ops.residual): blocks, options, checks (the wrappers: tests/nn, tests/linen).
 
 The block is checked against the same block assembled from flax's own Conv and BatchNorm layers, so an error in
 the shared ops (padding, stride placement, norm order, statistics update) cannot hide behind itself.
@@ -7,11 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 from flax import nnx
 
-from rnlib.linen import blocks as lblocks
-from rnlib.nn.blocks import BottleneckBlock, ResidualBlock, ResidualStack
 from rnlib.ops import residual as R
 
 
@@ -115,22 +112,6 @@ def test_option_a_subsamples_and_pads_zeros():
     np.testing.assert_array_equal(out, y)
 
 
-@pytest.mark.parametrize("option", ["zero_init_last", "branch_scale"])
-@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
-def test_preact_zero_branch_is_identity_at_init(option, kind):
-    block = ResidualBlock(16, 16 if kind == "basic" else 4, kind=kind, order="pre", **{option: True},
-                          rngs=nnx.Rngs(0))
-    x = _x((2, 6, 6, 16))
-    np.testing.assert_array_equal(block(x), x)
-    # ... and not the identity once the branch is switched on (the test can fail).
-    if option == "branch_scale":
-        block.params["branch_scale"].set_value(jnp.ones(()))
-    else:
-        last = "conv2" if kind == "basic" else "conv3"
-        block.params[last]["kernel"].set_value(_x(block.params[last]["kernel"].shape, 3))
-    assert float(jnp.max(jnp.abs(block(x) - x))) > 1e-2
-
-
 def test_post_zero_init_last_zeroes_the_last_norm_scale():
     spec = R.BlockSpec(8, 8, zero_init_last=True)
     params, state = R.block_init(jax.random.key(0), spec)
@@ -173,56 +154,6 @@ def test_block_with_layer_norms(norm):
         np.testing.assert_allclose(y, jax.nn.relu(h + x), rtol=1e-4, atol=1e-5)
 
 
-def test_stack_scan_equals_unrolled_and_single_blocks():
-    stack = ResidualStack(3, 8, rngs=nnx.Rngs(0))
-    for k in ("norm1", "norm2"):  # non-trivial BN parameters so the three blocks differ in every way
-        stack.params[k]["scale"].set_value(1.0 + 0.2 * _x((3, 8), 5))
-        stack.params[k]["bias"].set_value(0.1 * _x((3, 8), 6))
-    x = _x((2, 6, 6, 8))
-    blocks = [stack.block(i) for i in range(3)]
-    y_scan = stack(x)
-    stats_scan = jax.tree.map(lambda v: v[...], stack.batch_stats)
-    stack2 = ResidualStack(3, 8, scan=False, rngs=nnx.Rngs(0))
-    nnx.update(stack2, nnx.state(stack, nnx.Param))
-    y_loop = stack2(x)
-    h = x
-    for b in blocks:
-        h = b(h)
-    np.testing.assert_allclose(y_scan, y_loop, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(y_scan, h, rtol=1e-5, atol=1e-5)
-    for i, b in enumerate(blocks):  # running statistics updated per block, identically
-        for k in ("norm1", "norm2"):
-            np.testing.assert_allclose(stats_scan[k]["mean"][i], b.batch_stats[k]["mean"][...], rtol=1e-5,
-                                       atol=1e-6)
-            np.testing.assert_allclose(stack2.batch_stats[k]["var"][i], b.batch_stats[k]["var"][...], rtol=1e-5)
-
-
-def test_remat_stack_same_values_and_grads():
-    stack = ResidualStack(2, 4, norm="none", rngs=nnx.Rngs(0))
-    rem = ResidualStack(2, 4, norm="none", remat=True,
-                        remat_policy=jax.checkpoint_policies.nothing_saveable, rngs=nnx.Rngs(0))
-    x = _x((1, 4, 4, 4))
-    g1 = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(stack)
-    g2 = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(rem)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
-
-
-def test_train_eval_modes_and_running_stats():
-    block = BottleneckBlock(8, 2, stride=2, rngs=nnx.Rngs(0))
-    x = _x((4, 6, 6, 8))
-    before = jax.tree.map(lambda v: v[...], block.batch_stats)
-    block(x)  # train mode by default: running statistics move
-    after = jax.tree.map(lambda v: v[...], block.batch_stats)
-    assert not np.allclose(before["norm1"]["mean"], after["norm1"]["mean"])
-    assert set(after) == {"norm1", "norm2", "norm3", "proj_norm"}
-    block.eval()
-    y_batch = block(x)
-    jax.tree.map(np.testing.assert_array_equal, after, jax.tree.map(lambda v: v[...], block.batch_stats))
-    np.testing.assert_allclose(block(x[:1]), y_batch[:1], rtol=1e-5, atol=1e-6)  # per-example at eval
-    block.train()
-    assert not np.allclose(block(x[:1]), y_batch[:1], atol=1e-3)  # batch statistics again
-
-
 def test_spec_validation():
     with pytest.raises(ValueError, match="shortcut"):
         R.BlockSpec(8, 8, shortcut="D")
@@ -232,61 +163,42 @@ def test_spec_validation():
         R.BlockSpec(16, 8, shortcut="A")
     with pytest.raises(ValueError, match="keep the shape"):
         R.stack_init(jax.random.key(0), R.BlockSpec(8, 16), 2)
-    block = ResidualBlock(8, 8, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="expansion"):
+        R.BlockOptions(expansion=0)
+    with pytest.raises(ValueError, match="momentum"):
+        R.BlockOptions(momentum=1.5)
+    with pytest.raises(TypeError):
+        R.BlockOptions(stride=2)  # geometry is not an option
+    spec = R.BlockSpec(8, 8)
+    params, state = R.block_init(jax.random.key(0), spec)
     with pytest.raises(ValueError, match="8 input channels"):
-        block(jnp.ones((1, 4, 4, 3)))
+        R.residual_block(params, state, jnp.ones((1, 4, 4, 3)), spec, train=True)
     with pytest.raises(ValueError, match="rank 4"):
-        block(jnp.ones((4, 4, 8)))
+        R.residual_block(params, state, jnp.ones((4, 4, 8)), spec, train=True)
 
 
-def test_linen_block_equals_nnx_block():
-    x = _x((2, 6, 6, 8))
-    nblock = ResidualBlock(8, 16, stride=2, shortcut="B", rngs=nnx.Rngs(0))
-    lblock = lblocks.ResidualBlock(16, stride=2, shortcut="B")
-    variables = lblock.init(jax.random.key(1), x, use_running_average=False)
-    assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(lambda v: v.shape, dict(nblock.params),
-                                                                        is_leaf=lambda v: isinstance(v, nnx.Variable))
-    params = {k: {n: v[...] for n, v in d.items()} for k, d in nblock.params.items()}
-    y, upd = lblock.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                          use_running_average=False, mutable=["batch_stats"])
-    np.testing.assert_allclose(y, nblock(x), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(upd["batch_stats"]["norm1"]["mean"], nblock.batch_stats["norm1"]["mean"][...],
-                               rtol=1e-6, atol=1e-7)
-    stack = lblocks.ResidualStack(8, num_blocks=3)
-    v = stack.init(jax.random.key(0), x, use_running_average=True)
-    assert v["params"]["conv1"]["kernel"].shape == (3, 3, 3, 8, 8)
-    assert isinstance(stack, nn.Module)
+def test_options_are_stated_once():
+    """BlockSpec = geometry + BlockOptions; the options round-trip and a stack's spec keeps the shape."""
+    opts = R.BlockOptions(kind="bottleneck", order="pre", shortcut="C", norm="rms", expansion=2,
+                          zero_init_last=True, branch_scale=True, momentum=0.8, epsilon=1e-3)
+    spec = R.BlockSpec.of(6, 3, 2, opts)
+    assert spec.options == opts and R.BlockSpec(6, 3, 2, **opts.as_dict()) == spec
+    assert (spec.in_features, spec.features, spec.stride, spec.out_features) == (6, 3, 2, 6)
+    stack = R.BlockSpec.stackable(3, opts)
+    assert (stack.in_features, stack.out_features, stack.stride, stack.changes_shape) == (6, 6, 1, False)
+    assert hash(spec) == hash(R.BlockSpec.of(6, 3, 2, opts))  # a static argument of jit / custom_vjp
 
 
-@pytest.mark.parametrize("hw,k,stride", [((7, 8), 3, 2), ((8, 8), 1, 2), ((9, 6), 7, 2), ((5, 5), 3, 1),
-                                         ((2, 2), 3, 1), ((4, 3), 3, 1), ((3, 4), 2, 1)])
-def test_conv_canonical_vjp_equals_autodiff(hw, k, stride):
-    """The CPU path (small maps as a patches matmul; backward as plain NHWC convolutions, fast inside lax.scan)
-    equals XLA's convolution and autodiff's transpose rules."""
-    @jax.jit
-    def grads(x, w):
-        return [jax.grad(lambda x, w: jnp.sum(jnp.sin(R.conv2d(x, w, stride, canonical_vjp=c))), (0, 1))(x, w)
-                for c in (True, False)]
-
-    with jax.enable_x64(True):  # f64, so that a summation order cannot hide (or fake) a difference
-        x = jnp.asarray(_x((2, *hw, 3), 1), jnp.float64)
-        w = jnp.asarray(_x((k, k, 3, 5), 2), jnp.float64)
-        (dx, dw), (dx_ref, dw_ref) = grads(x, w)
-    assert dx.shape == x.shape and dw.shape == w.shape
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-11, atol=1e-11)
-
-
-@pytest.mark.parametrize("hw,k,stride", [((1, 1), 3, 1), ((2, 2), 3, 1), ((2, 3), 3, 2), ((4, 4), 3, 1),
-                                         ((5, 7), 3, 2), ((8, 8), 1, 2), ((6, 6), 2, 1), ((9, 9), 7, 2)])
-def test_conv_patches_equals_xla_conv(hw, k, stride):
-    """The small-map matmul formulation is the same convolution (padding k//2, any stride) as XLA's, in f64."""
-    from rnlib.ops.residual import _conv, _conv_patches
-
-    with jax.enable_x64(True):
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((3, *hw, 4)))
-        w = jnp.asarray(np.random.default_rng(1).standard_normal((k, k, 4, 5)))
-        ref = _conv(x, w, stride)
-        got = _conv_patches(x, w, stride)
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("scan", [True, False], ids=["scan", "unrolled"])
+def test_stack_equals_blocks_in_sequence(scan):
+    """residual_stack (scanned or unrolled) = the blocks applied one by one, outputs and running statistics."""
+    spec = R.BlockSpec(4, 4)
+    params, state = R.stack_init(jax.random.key(0), spec, 3)
+    params = _randomise(params)
+    x = _x((2, 5, 5, 4))
+    y, new_state = jax.jit(lambda p, s, x: R.residual_stack(p, s, x, spec, train=True, scan=scan))(params, state, x)
+    h = x
+    for i in range(3):
+        h, s_i = R.residual_block(*jax.tree.map(lambda a: a[i], (params, state)), h, spec, train=True)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), new_state, s_i)
+    np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-5)
