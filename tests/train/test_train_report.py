@@ -29,7 +29,8 @@ def test_metrics_log_drops_a_torn_line_once(tmp_path):
         MetricsLog(str(path), resume_step=6)
 
 
-def test_resume_after_a_kill_mid_metrics_line(tmp_path):
+def test_resume_after_a_kill_mid_metrics_line(tmp_path, capsys):
+    """Also: without a terminal (pytest captures stdout) and without quiet, fit prints plain progress lines."""
     digits = load_digits()
     ck, out = tmp_path / "ck", tmp_path / "out"
     fit(TrainConfig(steps=4, ckpt_dir=str(ck), ckpt_every=4, out=str(out), **BASE), model_fn=tiny_model_fn,
@@ -37,9 +38,12 @@ def test_resume_after_a_kill_mid_metrics_line(tmp_path):
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "loss": 0.1')  # what a SIGKILL during the append leaves
     with pytest.warns(RuntimeWarning, match="unreadable line"):
-        res = fit(TrainConfig(steps=8, ckpt_dir=str(ck), resume=True, out=str(out), **BASE), model_fn=tiny_model_fn,
-                  dataset=digits)
+        res = fit(TrainConfig(steps=8, ckpt_dir=str(ck), resume=True, out=str(out), print_every=2,
+                              **{**BASE, "quiet": False}), model_fn=tiny_model_fn, dataset=digits)
     assert res.steps == 8
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3].startswith("compiling…") and printed[-2].startswith("step 6/8")
+    assert printed[-1].startswith("step 8/8  loss")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
 
