@@ -118,7 +118,8 @@ class AddNorm(LayerNorm):
         x, residual = jnp.asarray(x), jnp.asarray(residual)
         rms = self.norm == "rms"
         scale, bias = self._params(x, self.use_scale, self.use_bias and not rms)
-        h_dtype = jnp.dtype(self.residual_dtype or jnp.promote_types(x.dtype, residual.dtype))
+        h_dtype = jnp.dtype(jnp.promote_types(x.dtype, residual.dtype) if self.residual_dtype is None
+                            else self.residual_dtype)
         if (mask is None and self.axis_name is None
                 and all(jnp.issubdtype(d, jnp.floating) for d in (x.dtype, residual.dtype, h_dtype))):
             out = result_dtype(jnp.zeros((), h_dtype), scale, bias, dtype=self.dtype)

@@ -162,7 +162,8 @@ class AddNorm(_Norm):
     def __call__(self, x: jax.Array, residual: jax.Array, *,
                  mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         x, residual = jnp.asarray(x), jnp.asarray(residual)
-        h_dtype = jnp.dtype(self.residual_dtype or jnp.promote_types(x.dtype, residual.dtype))
+        h_dtype = jnp.dtype(jnp.promote_types(x.dtype, residual.dtype) if self.residual_dtype is None
+                            else self.residual_dtype)
         rms = self.norm == "rms"
         if (mask is None and self.axis_name is None and self.promote_dtype is _FLAX_PROMOTE
                 and all(jnp.issubdtype(d, jnp.floating) for d in (x.dtype, residual.dtype, h_dtype))):

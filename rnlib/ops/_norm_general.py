@@ -149,8 +149,8 @@ def general_norm(x: Array, scale: Optional[Array], bias: Optional[Array], *, rms
     """Layer norm (``rms=False``) or RMS norm (``rms=True``) with Flax's full argument set, on XLA.
 
     ``y = (x - mean) * rsqrt(var + epsilon) * scale + bias`` with ``mean``/``var`` from :func:`norm_stats`
-    (RMS: ``mean = 0``, ``var = mean(|x|^2)``); ``x - mean`` is formed as ``(x - m1) - c``. Every position of ``x`` is normalised; ``mask`` only selects
-    which positions enter the statistics (Flax's meaning).
+    (RMS: ``mean = 0``, ``var = mean(|x|^2)``); ``x - mean`` is formed as ``(x - m1) - c``. Every position of
+    ``x`` is normalised; ``mask`` only selects which positions enter the statistics (Flax's meaning).
 
     Args:
       x: ``(..., D)`` or any shape; float, complex or integer (integers are promoted to float32).

@@ -102,9 +102,10 @@ def test_gradient_matches_float64_finite_differences():
         mask = jnp.asarray(np.arange(9) % 3 != 0)
         w = jnp.asarray(np.random.default_rng(4).standard_normal((2, 9)))
         for rms in (False, True):
-            f = lambda x: jnp.sum(w * general_norm(x, jnp.linspace(0.5, 2, 9), None, rms=rms, reduction_axes=-1,  # noqa: E731,B023
-                                                   feature_axes=-1, epsilon=1e-3, dtype=None, mask=mask))
-            f = jax.jit(f)
+            def loss(x, rms=rms):
+                return jnp.sum(w * general_norm(x, jnp.linspace(0.5, 2, 9), None, rms=rms, reduction_axes=-1,
+                                                feature_axes=-1, epsilon=1e-3, dtype=None, mask=mask))
+            f = jax.jit(loss)
             g = np.asarray(jax.grad(f)(x))
             h = 1e-6
             fd = np.zeros_like(g)
