@@ -1,6 +1,9 @@
-"""rnlib.train: train state and jit steps, schedules, data, sharding, checkpoints, and `fit` (the CLI's loop)."""
+"""rnlib.train: train state and jit steps, schedules, data (in memory; ImageNet folders on grain), sharding,
+checkpoints, and `fit` (the CLI's loop)."""
 from rnlib.train.checkpoint import Checkpointer
-from rnlib.train.data import Augment, BatchLoader, Dataset, augment_batch, load_cifar10, load_dataset, load_digits
+from rnlib.train.data import (ArrayLoader, Augment, BatchLoader, Dataset, augment_batch, load_cifar10, load_dataset,
+                              load_digits)
+from rnlib.train.imagenet import ImageFolderData, ImageFolderLoader, load_imagenet
 from rnlib.train.loop import NonFiniteLossError, TrainConfig, TrainResult, evaluate, fit
 from rnlib.train.schedules import make_optimizer, make_schedule, paper_schedule
 from rnlib.train.sharding import DataParallel
@@ -8,7 +11,8 @@ from rnlib.train.state import (TrainState, create_train_state, eval_step_fn, ini
                                make_train_step, params_sha256, train_step_fn)
 
 __all__ = [
-    "Checkpointer", "Augment", "BatchLoader", "Dataset", "augment_batch", "load_cifar10", "load_dataset", "load_digits",
+    "Checkpointer", "ArrayLoader", "Augment", "BatchLoader", "Dataset", "augment_batch", "load_cifar10", "load_dataset",
+    "load_digits", "ImageFolderData", "ImageFolderLoader", "load_imagenet",
     "NonFiniteLossError", "TrainConfig", "TrainResult", "evaluate", "fit",
     "make_optimizer", "make_schedule", "paper_schedule", "DataParallel",
     "TrainState", "create_train_state", "init_module", "eval_step_fn", "make_eval_step", "make_train_step",

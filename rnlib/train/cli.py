@@ -57,7 +57,8 @@ def _json_object(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="rnlib-train", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1].rstrip() + "\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=d.model, help="a name from rnlib.models: resnet20, plain56, resnet110, "
                    "preact_resnet164, resnet50, ... (default: %(default)s)")

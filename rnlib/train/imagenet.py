@@ -14,8 +14,8 @@ crop/flip of an image draws from (seed, its position in the stream), so it does 
 Decoding and augmentation run in grain worker processes (`workers`, 0: in this process with `threads` threads),
 a batch per worker at a time. Images reach the device as uint8 and are normalised there (`input_norm`).
 
-A corrupt or unreadable image met during training is replaced by the next image of the epoch's order, reported
-once with its path (a warning) and counted (`batch["skipped"]`); in evaluation it is masked out and counted.
+A corrupt or unreadable image met during training is replaced by the next image of the epoch's order, logged
+with its path (a warning) and counted (`batch["skipped"]`); in evaluation it is masked out and counted.
 """
 from __future__ import annotations
 

@@ -6,11 +6,11 @@ Multi-host (several processes, e.g. one per GPU node):
 
     jax.distributed.initialize()           # before any other JAX call; reads coordinator/env on TPU/SLURM
     dp = DataParallel()                    # mesh over jax.devices(): every process's devices
-    idx = loader.next_indices()            # the same global batch indices on every process (same seed)
-    local = dataset.take("train", idx[dp.local_slice(len(idx))])
-    batch = dp.put_batch(local, global_batch_size=len(idx))
+    loader = dataset.train_loader(batch_size, seed, shard=(jax.process_index(), jax.process_count()))
+    batch = dp.put_batch(loader.next_batch(), global_batch_size=batch_size)
 
-Each process loads only its contiguous slice of the global batch; `put_batch` assembles the global array with
+Every process draws the same global batch order (same seed) and loads (for an image folder: decodes) only its
+contiguous slice of each global batch; `put_batch` assembles the global array with
 `jax.make_array_from_process_local_data`. `rnlib.train.fit` does exactly this, so the CLI runs unchanged under
 `jax.distributed` (start it once per process with the same arguments).
 """
