@@ -56,7 +56,7 @@ class _Block(nn.Module):
 class ResidualBlock(_Block):
     """One residual block (see ``rnlib.ops.residual``): NHWC (N, H, W, C) -> (N, H/stride, W/stride, out).
 
-    ``options``: a ``rnlib.ops.BlockOptions`` (kind, order, shortcut, norm, ...), e.g.
+    ``options``: a ``rnlib.ops.residual.BlockOptions`` (kind, order, shortcut, norm, ...), e.g.
     ``ResidualBlock(64, stride=2, options=BlockOptions(order="pre"))``.
     """
 

@@ -29,7 +29,7 @@ class ResNet(nnx.Module):
         first block pre-activates its input).
       scan, remat, remat_policy: how each stage's stack of identical blocks runs (see ``ResidualStack``).
       dtype: compute dtype of convolutions and the classifier (parameters stay float32).
-      block_options: ``rnlib.ops.BlockOptions`` fields shared by every block (kind, order, shortcut, norm,
+      block_options: ``rnlib.ops.residual.BlockOptions`` fields shared by every block (kind, order, shortcut, norm,
         expansion, zero_init_last, branch_scale, momentum, epsilon); norm, momentum and epsilon also apply to the
         stem's and the final norm.
     """

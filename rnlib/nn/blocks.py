@@ -50,10 +50,10 @@ class _BlockBase(nnx.Module):
 class ResidualBlock(_BlockBase):
     """One residual block: NHWC (N, H, W, in_features) -> (N, ceil(H/stride), ceil(W/stride), out_features).
 
-    ``options`` are ``rnlib.ops.BlockOptions`` fields (``kind``, ``order``, ``shortcut``, ``norm``, ``expansion``,
-    ``zero_init_last``, ``branch_scale``, ``momentum``, ``epsilon``; see there for the maths). ``features`` is the
-    output width for ``kind="basic"`` and the inner width (output ``expansion * features``) for
-    ``kind="bottleneck"``; ``BottleneckBlock`` presets the latter.
+    ``options`` are ``rnlib.ops.residual.BlockOptions`` fields (``kind``, ``order``, ``shortcut``, ``norm``,
+    ``expansion``, ``zero_init_last``, ``branch_scale``, ``momentum``, ``epsilon``; see there for the maths).
+    ``features`` is the output width for ``kind="basic"`` and the inner width (output ``expansion * features``)
+    for ``kind="bottleneck"``; ``BottleneckBlock`` presets the latter.
     """
 
     def __init__(self, in_features: int, features: int, *, stride: int = 1, dtype: Dtype | None = None,
