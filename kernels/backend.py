@@ -107,13 +107,20 @@ def cuda_lowering(device_kind: str = "NVIDIA H100") -> Iterator[None]:
         yield
 
 
-def pallas_call(kernel, *, cost: pl.CostEstimate, **kwargs):
-    """``pl.pallas_call`` with the kernel's cost (XLA's scheduler and ``cost_analysis()`` see flops and bytes)."""
-    return pl.pallas_call(kernel, cost_estimate=cost, **kwargs)
+def pallas_call(kernel, *, flops: int, transcendentals: int = 0, **kwargs):
+    """``pl.pallas_call`` with a ``pl.CostEstimate``: ``flops`` as given, bytes = every operand and result once.
 
+    Without it XLA's scheduler and ``cost_analysis()`` see a kernel as 0 flops and 0 bytes.
+    """
+    out_shape = kwargs["out_shape"]
+    outs = jax.tree_util.tree_leaves(out_shape)
 
-def cost(flops: int, bytes_accessed: int, transcendentals: int = 0) -> pl.CostEstimate:
-    return pl.CostEstimate(flops=int(flops), transcendentals=int(transcendentals), bytes_accessed=int(bytes_accessed))
+    def call(*args):
+        nbytes = sum(int(a.size) * jnp.dtype(a.dtype).itemsize for a in (*args, *outs))
+        ce = pl.CostEstimate(flops=int(flops), transcendentals=int(transcendentals), bytes_accessed=nbytes)
+        return pl.pallas_call(kernel, cost_estimate=ce, **kwargs)(*args)
+
+    return call
 
 
 class Tile:

@@ -17,15 +17,25 @@ import dataclasses
 
 import numpy as np
 
-# GPU (Triton). Whole row on chip up to this padded width, keyed by the input itemsize.
-GPU_MAX_ROW_WIDTH = {4: 32768, 2: 65536}
+# GPU (Triton). Budgets measured with ptxas for sm_90 (``python -m benchmarks.compile_check --target sm_90``): a
+# thread holds about 3 float32 registers per row element it owns in the forward and 8 in the backward (dy, h, xhat,
+# g, dx, the dscale/dbias accumulators), and the register file caps a thread at 65536 / threads (255 at most). So
+# the forward keeps <= 32 elements per thread (1024 threads at most: rows up to 32768 on chip) and the backward
+# <= 16 (512 threads: rows up to 8192 on chip, chunked beyond); more spills to local memory.
+# Whole row on chip up to this padded width (forward), keyed by the input itemsize.
+GPU_MAX_ROW_WIDTH = {4: 32768, 2: 32768}
 # Chunk width for rows wider than that.
 GPU_CHUNK_WIDTH = {4: 16384, 2: 16384}
+# Backward: whole row on chip up to this padded width, chunks of GPU_BWD_CHUNK_WIDTH beyond.
+GPU_BWD_MAX_ROW_WIDTH = {4: 8192, 2: 8192}
+GPU_BWD_CHUNK_WIDTH = {4: 8192, 2: 8192}
 # Elements of one (block_rows, block_cols) tile that a program aims for when rows are narrow.
 GPU_TILE_ELEMENTS = {4: 4096, 2: 8192}
 GPU_MAX_BLOCK_ROWS = 256
-# (max tile elements, num_warps): first row whose bound covers the tile.
-GPU_WARPS = ((1024, 2), (4096, 4), (8192, 8), (16384, 16), (1 << 62, 32))
+# (max tile elements, num_warps): first row whose bound covers the tile. Forward: <= 32 elements per thread;
+# backward: <= 16.
+GPU_WARPS = ((1024, 2), (4096, 4), (8192, 8), (16384, 16), (32768, 32))
+GPU_BWD_WARPS = ((1024, 2), (2048, 4), (4096, 8), (8192, 16))
 # Backward: aim for this many programs in all (~4 per H100 SM) ...
 GPU_BWD_PROGRAMS = 528
 # ... but few enough that the float32 dscale + dbias partials (16 bytes per column per program, written then read)
@@ -47,6 +57,11 @@ class Plan:
     n_chunks: int        # column blocks per row; 1 for the whole-row path
     num_warps: int | None
     bwd_sub_blocks: int  # row tiles looped over by one backward program (fewer dscale/dbias partials)
+    bwd: "Plan | None" = None  # the backward's own tiling where it differs (GPU: fewer elements per thread)
+
+    @property
+    def backward(self) -> "Plan":
+        return self.bwd if self.bwd is not None else self
 
     @property
     def chunked(self) -> bool:
@@ -57,23 +72,27 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _warps(tile_elements: int) -> int:
-    return next(w for bound, w in GPU_WARPS if tile_elements <= bound)
+def _warps(tile_elements: int, table=GPU_WARPS) -> int:
+    return next(w for bound, w in table if tile_elements <= bound)
+
+
+def _gpu_tiling(rows: int, width: int, itemsize: int, max_row: int, chunk: int) -> tuple[int, int, int]:
+    """(block_rows, block_cols, n_chunks): the whole padded row when it fits ``max_row``, else ``chunk`` columns."""
+    padded = _pow2(width)
+    if padded > max_row:
+        return 1, chunk, -(-width // chunk)
+    return max(1, min(GPU_TILE_ELEMENTS[itemsize] // padded, GPU_MAX_BLOCK_ROWS, _pow2(rows))), padded, 1
 
 
 def gpu_plan(rows: int, width: int, itemsize: int) -> Plan:
     itemsize = 4 if itemsize >= 4 else 2
-    padded = _pow2(width)
-    if padded <= GPU_MAX_ROW_WIDTH[itemsize]:
-        cols, n_chunks = padded, 1
-    else:
-        cols = GPU_CHUNK_WIDTH[itemsize]
-        n_chunks = -(-width // cols)
-    block_rows = 1
-    if n_chunks == 1:
-        block_rows = max(1, min(GPU_TILE_ELEMENTS[itemsize] // cols, GPU_MAX_BLOCK_ROWS, _pow2(rows)))
-    sub = _gpu_bwd_sub_blocks(rows, block_rows, n_chunks, itemsize)
-    return Plan("gpu", block_rows, cols, n_chunks, _warps(block_rows * cols), sub)
+    br, bc, nc = _gpu_tiling(rows, width, itemsize, GPU_MAX_ROW_WIDTH[itemsize], GPU_CHUNK_WIDTH[itemsize])
+    bbr, bbc, bnc = _gpu_tiling(rows, width, itemsize, GPU_BWD_MAX_ROW_WIDTH[itemsize],
+                                GPU_BWD_CHUNK_WIDTH[itemsize])
+    bwd = Plan("gpu", bbr, bbc, bnc, _warps(bbr * bbc, GPU_BWD_WARPS),
+               _gpu_bwd_sub_blocks(rows, bbr, bnc, itemsize))
+    fwd = Plan("gpu", br, bc, nc, _warps(br * bc), _gpu_bwd_sub_blocks(rows, br, nc, itemsize))
+    return fwd if bwd == fwd else dataclasses.replace(fwd, bwd=bwd)
 
 
 def _gpu_bwd_sub_blocks(rows: int, block_rows: int, n_chunks: int, itemsize: int) -> int:

@@ -122,6 +122,7 @@ def _chunk_c_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_sca
 
 def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bool, dx_dtype, platform: str,
                   plan: Plan):
+    plan = plan.backward
     rows, width = h.shape
     has_scale, has_extra, chunked = scale is not None, dh_extra is not None, plan.chunked
     br, bc = plan.block_rows, plan.block_cols
@@ -135,7 +136,7 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
         grid1 = (pl.cdiv(rows, br), plan.n_chunks)
         part = pl.BlockSpec((SQUEEZED, br, 1), lambda i, j: (j, i, 0))
         n_c = 1 if rms else 2
-        parts = pl.pallas_call(
+        parts = backend.pallas_call(
             functools.partial(_chunk_c_kernel, plan=plan, rows=rows, width=width, rms=rms, has_scale=has_scale),
             grid=grid1,
             in_specs=[pl.BlockSpec((br, bc), lambda i, j: (i, j))] * 2
@@ -143,7 +144,7 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
             + [pl.BlockSpec((1, bc), lambda i, j: (0, j))] * len(params),
             out_specs=[part] * n_c,
             out_shape=[jax.ShapeDtypeStruct((plan.n_chunks, rows, 1), F32)] * n_c,
-            name="rn_norm_bwd_sums", **backend.call_kwargs(platform, plan.num_warps, 2),
+            name="rn_norm_bwd_sums", flops=8 * rows * width, **backend.call_kwargs(platform, plan.num_warps, 2),
         )(dy, h, *stats, *params)
         c_in = [jnp.sum(p, axis=0) / width for p in parts]  # fixed-order sums over chunks: (rows, 1)
 
@@ -162,7 +163,7 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
         param = pl.BlockSpec((1, bc), lambda i: (0, 0))
         part = pl.BlockSpec((SQUEEZED, 1, bc), lambda i: (i, 0, 0))
     n_parts = has_scale + has_bias
-    outs = pl.pallas_call(
+    outs = backend.pallas_call(
         functools.partial(_bwd_kernel, plan=plan, rows=rows, width=width, rms=rms, has_scale=has_scale,
                           has_bias=has_bias, has_extra=has_extra, c_given=chunked, chunked=chunked),
         grid=grid,
@@ -171,7 +172,7 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
         out_specs=[tile] + [part] * n_parts,
         out_shape=[jax.ShapeDtypeStruct((rows, width), dx_dtype)]
         + [jax.ShapeDtypeStruct((n_prog, 1, width), F32)] * n_parts,
-        name="rn_norm_bwd", **backend.call_kwargs(platform, plan.num_warps, len(grid)),
+        name="rn_norm_bwd", flops=(12 + has_extra) * rows * width, **backend.call_kwargs(platform, plan.num_warps, len(grid)),
     )(dy, h, *stats, *params, *([dh_extra] if has_extra else []), *c_in)
     dx, *parts = outs
     # Small fixed-order reduction of the per-program partials.

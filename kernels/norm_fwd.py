@@ -134,6 +134,7 @@ def _specs(plan: Plan, chunked: bool):
 def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dtype, residual_dtype,
                   platform: str, plan: Plan):
     rows, width = x.shape
+    n = rows * width  # flops below: per element, counted from the kernel bodies
     has_res, has_scale, has_bias = residual is not None, scale is not None, bias is not None
     chunked = plan.chunked
     grid = (pl.cdiv(rows, plan.block_rows),) + ((plan.n_chunks,) if chunked else ())
@@ -148,13 +149,13 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
         n_stats = 1 if rms else 2
         part_shape = jax.ShapeDtypeStruct((plan.n_chunks, rows, 1), F32)
         c = [] if rms else [_row_shift(x, residual)]
-        outs = pl.pallas_call(
+        outs = backend.pallas_call(
             functools.partial(_chunk_stats_kernel, plan=plan, rows=rows, width=width, rms=rms, has_res=has_res),
             grid=grid,
             in_specs=[tile] * (1 + has_res) + [stat] * len(c),
             out_specs=[tile] * has_res + [part] * n_stats,
             out_shape=[jax.ShapeDtypeStruct((rows, width), h_dtype)] * has_res + [part_shape] * n_stats,
-            name="rn_norm_fwd_stats", **kw,
+            name="rn_norm_fwd_stats", flops=(6 + has_res) * n, **kw,
         )(x, *([residual] if has_res else []), *c)
         if has_res:
             h, *outs = outs
@@ -163,14 +164,14 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
             c_h = h[:, :1].astype(F32)
             mean, c = mean + (c[0] - c_h)[:, 0], [c_h]  # a difference of nearby floats: exact (Sterbenz)
         stats_in = c + ([] if rms else [mean.reshape(rows, 1)]) + [rstd.reshape(rows, 1)]
-        y = pl.pallas_call(
+        y = backend.pallas_call(
             functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=False,
                               has_scale=has_scale, has_bias=has_bias, stats_given=True, chunked=True),
             grid=grid,
             in_specs=[tile] + [param] * len(params) + [stat] * len(stats_in),
             out_specs=tile,
             out_shape=jax.ShapeDtypeStruct((rows, width), out_dtype),
-            name="rn_norm_fwd_apply", **kw,
+            name="rn_norm_fwd_apply", flops=4 * n, **kw,
         )(h if has_res else x, *params, *stats_in)
         return y, h, (jnp.zeros((rows,), F32) if rms else mean), rstd
 
@@ -182,14 +183,14 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
     n_stats = 1 if rms else 2
     out_shape += [stat_shape] * n_stats
     out_specs += [stat] * n_stats
-    outs = pl.pallas_call(
+    outs = backend.pallas_call(
         functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=has_res,
                           has_scale=has_scale, has_bias=has_bias, stats_given=False, chunked=False),
         grid=grid,
         in_specs=[tile] * (1 + has_res) + [param] * len(params),
         out_specs=out_specs,
         out_shape=out_shape,
-        name="rn_norm_fwd", **kw,
+        name="rn_norm_fwd", flops=(10 + has_res) * n, transcendentals=rows, **kw,
     )(x, *([residual] if has_res else []), *params)
     y, *outs = outs
     if has_res:

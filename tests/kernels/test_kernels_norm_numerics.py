@@ -70,6 +70,9 @@ FORCED = [  # (platform, plan, case): small blocks so edge tiles, chunking and s
                  marks=pytest.mark.slow),
     (GPU_PLATFORM, Plan("gpu", 8, 1024, 1, 4, 4), (199, 761, BF16, True, True, True, True)),
     (GPU_PLATFORM, Plan("gpu", 2, 8, 1, 2, 8), (37, 7, F16, False, False, True, True)),
+    # whole-row forward, chunked backward (the wide-row GPU plans: fewer elements per thread backward)
+    (GPU_PLATFORM, Plan("gpu", 2, 2048, 1, 4, 1, bwd=Plan("gpu", 4, 512, 3, 4, 4)),
+     (37, 1153, F32, False, True, True, True)),
     ("tpu_interpret", Plan("tpu", 8, 761, 1, None, 1), (37, 761, F32, False, False, True, True)),
     ("tpu_interpret", Plan("tpu", 8, 256, 5, None, 1), (37, 1153, F16, False, True, True, True)),
     ("tpu_interpret", Plan("tpu", 8, 128, 8, None, 1), (13, 1000, BF16, True, True, True, False)),
@@ -80,6 +83,7 @@ FORCED = [  # (platform, plan, case): small blocks so edge tiles, chunking and s
 def test_forced_plans(platform, plan, case):
     rows, width, dtype, rms, res, s, b = case
     assert plan.n_chunks == -(-width // plan.block_cols)
+    assert plan.backward.n_chunks == -(-width // plan.backward.block_cols)
     inp = make_inputs(rows, width, dtype, residual=res, scale=s, bias=b, seed=7)
     check(inp, rms=rms, platform=platform, plan=plan)
 
@@ -91,6 +95,8 @@ def test_default_plans_cover_all_paths():
     assert plan_for(4, 262144, BF16, "gpu").chunked and plan_for(4, 262144, F32, "tpu").chunked
     assert plan_for(4, 4096, F32, "gpu").block_cols == 4096
     assert plan_for(4096, 4096, F32, "gpu").bwd_sub_blocks > 1
+    wide = plan_for(4096, 16384, F32, "gpu")  # whole row forward, chunked backward (register budget)
+    assert not wide.chunked and wide.backward.chunked and wide.backward.num_warps <= 16
     for w in (1, 7, 761, 1153, 40000, 262144):
         p = plan_for(37, w, F32, "gpu")
         assert p.block_rows & (p.block_rows - 1) == 0 and p.block_cols & (p.block_cols - 1) == 0
