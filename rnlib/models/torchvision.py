@@ -216,7 +216,7 @@ def to_torchvision(model: ResNet, *, tensors: str = "numpy") -> dict[str, Any]:
             value = value.transpose(3, 2, 0, 1)
         elif kind == "linear":
             value = value.T
-        out[key] = np.ascontiguousarray(value)
+        out[key] = np.array(value, order="C")  # a writable copy (device_get may hand back read-only memory)
         if key.endswith("running_var"):
             out[key[: -len("running_var")] + "num_batches_tracked"] = np.asarray(0, np.int64)
     if tensors == "torch":

@@ -69,3 +69,37 @@ def test_compile_suite_skips_unrolled_depth_over_budget():
     tasks = compile_suite.plan_compile(depths=(20, 1202))
     assert [t.label for t in tasks] == ["resnet20 scan", "resnet1202 scan", "resnet20 unrolled",
                                         "resnet1202 unrolled"]
+
+
+@pytest.mark.parametrize("depth, count", [(18, 11_689_512), (50, 25_557_032)])
+def test_imagenet_references_match_rnlib_parameter_count(depth, count):
+    """ResNet-50 rows compare like with like: the Flax example's network, rnlib's and torchvision's (written out in
+    benchmarks/reference) hold torchvision's parameter count (shapes only for the JAX ones)."""
+    from flax import nnx
+
+    from benchmarks.reference import resnet_linen
+    from rnlib.models import build
+
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    ref = jax.eval_shape(resnet_linen.imagenet_resnet(depth).init, jax.random.key(0), x)["params"]
+    ours = nnx.state(nnx.eval_shape(lambda: build(f"resnet{depth}", 1000, nnx.Rngs(0))), nnx.Param)
+    assert _count(ref) == _count(ours) == count
+    torch = pytest.importorskip("torch", reason="torch is not installed (optional peer)")
+    from benchmarks.reference import torchvision_resnet
+
+    assert sum(p.numel() for p in torchvision_resnet.resnet(depth).parameters()) == count
+    del torch
+
+
+def test_torch_step_falls_back_to_eager_when_compile_fails(monkeypatch):
+    torch = pytest.importorskip("torch", reason="torch is not installed (optional peer)")
+    from benchmarks.reference import torchvision_resnet
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    step, mode = torchvision_resnet.make_step(18, 2, 32, bf16=True)
+    assert mode == "eager (torch.compile failed: RuntimeError: no compiler here)"
+    losses = [float(step()) for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] != losses[0]  # it trains (SGD moves the loss)
