@@ -3,6 +3,7 @@ from rnlib.models.cifar import cifar_layout, cifar_resnet
 from rnlib.models.imagenet import IMAGENET_LAYOUTS, imagenet_resnet
 from rnlib.models.registry import build, parse_name
 from rnlib.models.resnet import ResNet
+from rnlib.models.torchvision import from_torchvision, to_torchvision
 
 __all__ = ["ResNet", "cifar_resnet", "cifar_layout", "imagenet_resnet", "IMAGENET_LAYOUTS", "build",
-           "parse_name"]
+           "parse_name", "from_torchvision", "to_torchvision"]
