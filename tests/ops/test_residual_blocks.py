@@ -202,3 +202,20 @@ def test_stack_equals_blocks_in_sequence(scan):
         h, s_i = R.residual_block(*jax.tree.map(lambda a: a[i], (params, state)), h, spec, train=True)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), new_state, s_i)
     np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-5)
+
+
+def test_scanned_stack_gradients_equal_unrolled():
+    """The scan keeps only SCAN_POLICY's residuals and recomputes the rest: its gradients must not change."""
+    spec = R.BlockSpec(4, 4)
+    params, state = R.stack_init(jax.random.key(0), spec, 3)
+    params = _randomise(params)
+    x = _x((2, 5, 5, 4))
+
+    def loss(p, x, scan):
+        return jnp.sum(jnp.sin(R.residual_stack(p, state, x, spec, train=True, scan=scan)[0]))
+
+    (gp, gx), (gp_ref, gx_ref) = jax.jit(lambda p, x: [jax.grad(loss, (0, 1))(p, x, s) for s in (True, False)])(
+        params, x)
+    np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gp, gp_ref)
+    assert float(jnp.max(jnp.abs(gx))) > 1e-3  # a non-trivial gradient
