@@ -5,7 +5,7 @@
 Writes ``DIR/compile_<target>.json`` (one record per pallas_call: see ``benchmarks._compile_check.report.FIELDS``)
 and ``DIR/compile_<target>.md``. sm_90: registers, spill bytes, shared memory and static occupancy from ptxas;
 TPU: Mosaic compile status, scoped VMEM per kernel against the generation's limit, HBM, and bytes accessed against
-the ideal and against XLA's own fusion. The compilers come from the ``aot`` extra (``pip install -e ".[aot]"``);
+the ideal and (full sweep only) against XLA's own fusion. The compilers come from the ``aot`` extra (``pip install -e ".[aot]"``);
 without it the command says so and exits with status 2. Exit status 1 if any kernel fails to compile (documented
 HBM overflows excepted), spills on sm_90, or exceeds 80 % of a TPU generation's scoped VMEM.
 """
@@ -18,8 +18,8 @@ import time
 TARGETS = ("sm_90", "tpu_v5e", "tpu_v6e", "tpu_v5p")
 
 
-def run(target: str, quick: bool, limit: int | None = None, log=print) -> list[dict]:
-    """Records for ``target`` over the sweep (``quick``: the representative subset)."""
+def run(target: str, quick: bool, rows: tuple[int, ...] | None = None, log=print) -> list[dict]:
+    """Records for ``target`` over the sweep (``quick``: the representative subset; ``rows``: only these)."""
     from benchmarks._compile_check import cases
 
     if target == "sm_90":
@@ -27,8 +27,8 @@ def run(target: str, quick: bool, limit: int | None = None, log=print) -> list[d
         check = mod.check_case
     else:
         from benchmarks._compile_check import tpu as mod
-        check = lambda c: mod.check_case(c, target)  # noqa: E731
-    todo = cases.sweep(quick)[:limit]
+        check = lambda c: mod.check_case(c, target, compare_xla=not quick)  # noqa: E731
+    todo = cases.sweep(quick, rows or cases.ROWS)
     records: list[dict] = []
     t0 = time.perf_counter()
     for i, case in enumerate(todo):
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", required=True, choices=TARGETS)
     p.add_argument("--quick", action="store_true", help="the representative subset the tests run")
     p.add_argument("--out", default="benchmarks/results/compile")
+    p.add_argument("--rows", type=int, nargs="+", help="full sweep over these row counts only")
     a = p.parse_args(argv)
     if a.target == "sm_90":
         from benchmarks._compile_check.sm90 import tools_missing
@@ -71,9 +72,9 @@ def main(argv=None) -> int:
     from benchmarks._compile_check import report
 
     t0 = time.perf_counter()
-    records = run(a.target, a.quick)
+    records = run(a.target, a.quick, tuple(a.rows) if a.rows else None)
     import jax
-    meta = {"target": a.target, "sweep": "quick" if a.quick else "full", "jax": jax.__version__,
+    meta = {"target": a.target, "sweep": "quick" if a.quick else f"full, rows {a.rows or 'all'}", "jax": jax.__version__,
             "seconds": round(time.perf_counter() - t0)}
     if a.target == "sm_90":
         import triton

@@ -21,21 +21,22 @@ import numpy as np
 # thread holds about 3 float32 registers per row element it owns in the forward and 8 in the backward (dy, h, xhat,
 # g, dx, the dscale/dbias accumulators), and the register file caps a thread at 65536 / threads (255 at most). So
 # the forward keeps <= 32 elements per thread (1024 threads at most: rows up to 32768 on chip) and the backward
-# <= 16 (512 threads: rows up to 8192 on chip, chunked beyond); more spills to local memory.
+# <= 16 at <= 8 warps (255 registers: tiles up to 4096 elements on chip, chunked beyond). At 16 warps (128
+# registers) a backward with 16 elements per thread already spills a few bytes (float16 add_layer_norm).
 # Whole row on chip up to this padded width (forward), keyed by the input itemsize.
 GPU_MAX_ROW_WIDTH = {4: 32768, 2: 32768}
 # Chunk width for rows wider than that.
 GPU_CHUNK_WIDTH = {4: 16384, 2: 16384}
 # Backward: whole row on chip up to this padded width, chunks of GPU_BWD_CHUNK_WIDTH beyond.
-GPU_BWD_MAX_ROW_WIDTH = {4: 8192, 2: 8192}
-GPU_BWD_CHUNK_WIDTH = {4: 8192, 2: 8192}
+GPU_BWD_MAX_ROW_WIDTH = {4: 4096, 2: 4096}
+GPU_BWD_CHUNK_WIDTH = {4: 4096, 2: 4096}
 # Elements of one (block_rows, block_cols) tile that a program aims for when rows are narrow.
 GPU_TILE_ELEMENTS = {4: 4096, 2: 8192}
 GPU_MAX_BLOCK_ROWS = 256
 # (max tile elements, num_warps): first row whose bound covers the tile. Forward: <= 32 elements per thread;
 # backward: <= 16.
 GPU_WARPS = ((1024, 2), (4096, 4), (8192, 8), (16384, 16), (32768, 32))
-GPU_BWD_WARPS = ((1024, 2), (2048, 4), (4096, 8), (8192, 16))
+GPU_BWD_WARPS = ((1024, 2), (2048, 4), (4096, 8))
 # Backward: aim for this many programs in all (~4 per H100 SM) ...
 GPU_BWD_PROGRAMS = 528
 # ... but few enough that the float32 dscale + dbias partials (16 bytes per column per program, written then read)
@@ -81,7 +82,8 @@ def _gpu_tiling(rows: int, width: int, itemsize: int, max_row: int, chunk: int) 
     padded = _pow2(width)
     if padded > max_row:
         return 1, chunk, -(-width // chunk)
-    return max(1, min(GPU_TILE_ELEMENTS[itemsize] // padded, GPU_MAX_BLOCK_ROWS, _pow2(rows))), padded, 1
+    tile = min(GPU_TILE_ELEMENTS[itemsize], max_row)
+    return max(1, min(tile // padded, GPU_MAX_BLOCK_ROWS, _pow2(rows))), padded, 1
 
 
 def gpu_plan(rows: int, width: int, itemsize: int) -> Plan:

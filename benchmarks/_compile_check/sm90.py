@@ -127,12 +127,16 @@ def occupancy_warps(registers: int, num_warps: int, smem_bytes: int) -> int:
     return blocks * num_warps
 
 
+def _block(plan, direction: str) -> str:
+    """rows x cols [x chunks] [subN: row tiles per backward program]."""
+    return f"{plan.block_rows}x{plan.block_cols}" + (f"x{plan.n_chunks}" if plan.chunked else "") + (
+        f" sub{plan.bwd_sub_blocks}" if direction == "bwd" and plan.bwd_sub_blocks > 1 else "")
+
+
 def check_case(case: Case) -> list[dict]:
     recs = []
     plan = K.plan_for(case.rows, case.width, case.dtype, "gpu")
-    block = f"{plan.block_rows}x{plan.block_cols}" + (f"x{plan.n_chunks}" if plan.chunked else "") + (
-        f" sub{plan.bwd_sub_blocks}" if plan.bwd_sub_blocks > 1 else "")
-    base = dict(kernel=case.kernel, rows=case.rows, width=case.width, dtype=case.dtype, block=block)
+    base = dict(kernel=case.kernel, rows=case.rows, width=case.width, dtype=case.dtype)
     for direction, (fn, avals) in functions(case, "gpu").items():
         try:
             calls = triton_calls(_export_text(fn, avals))
@@ -143,6 +147,7 @@ def check_case(case: Case) -> list[dict]:
         op_bytes = sum(c["io_bytes"] for c in calls)
         for c in calls:
             r = record(**base, **{"pass": PASSES.get(c["name"], c["name"])}, num_warps=c["num_warps"],
+                       block=_block(plan if direction == "fwd" else plan.backward, direction),
                        bytes_accessed=c["io_bytes"], op_bytes_accessed=op_bytes,
                        ideal_bytes=case.ideal_bytes[direction])
             try:

@@ -1,0 +1,79 @@
+"""The real compilers on this CPU host: ``python -m benchmarks.compile_check --quick`` for sm_90 (triton + ptxas)
+and TPU v5e (libtpu's Mosaic). They need the ``aot`` extra (``pip install -e ".[aot]"``, part of ``.[dev]``);
+without it these tests skip and say so. Each check runs in a subprocess: libtpu stays out of the test process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import compile_check
+from benchmarks._compile_check import cases, report, sm90, tpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(target: str, out) -> tuple[int, list[dict], str]:
+    env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1", TRITON_DEFAULT_FP_FUSION="1")
+    p = subprocess.run([sys.executable, "-m", "benchmarks.compile_check", "--target", target, "--quick",
+                        "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    path = out / f"compile_{target}.json"
+    records = json.loads(path.read_text()) if path.exists() else []
+    return p.returncode, records, p.stdout + p.stderr
+
+
+def _check_records(records: list[dict], target: str) -> None:
+    quick = cases.sweep(quick=True)
+    assert {(r["kernel"], r["rows"], r["width"], r["dtype"]) for r in records} == {
+        (c.kernel, c.rows, c.width, c.dtype) for c in quick}
+    for r in records:
+        assert list(r) == list(report.FIELDS)
+        assert r["status"] in ("ok", "unsupported"), r
+        assert r["pass"] in cases.PASSES.values() or r["status"] == "unsupported", r
+
+
+@pytest.mark.skipif(sm90.tools_missing() is not None,
+                    reason=f"needs the aot extra (pip install -e '.[aot]'): {sm90.tools_missing()}")
+def test_sm90_quick_compiles_without_spills(tmp_path):
+    rc, records, log = _run("sm_90", tmp_path)
+    assert rc == 0, log[-3000:]
+    _check_records(records, "sm_90")
+    for r in records:
+        assert r["spill_bytes"] == 0 and 0 < r["registers"] <= 255, r
+        assert r["occupancy_warps"] >= r["num_warps"], r  # at least one block resident per SM
+        assert r["bytes_accessed"] > 0 and r["ideal_bytes"] <= r["op_bytes_accessed"], r
+    # every plan shape met: a multi-row forward, a chunked forward (stats + apply), a chunked backward (sums)
+    passes = {r["pass"] for r in records}
+    assert {"fwd", "fwd_stats", "fwd_apply", "bwd_sums", "bwd"} <= passes
+    assert (tmp_path / "compile_sm_90.md").exists()
+
+
+@pytest.mark.skipif(tpu.tools_missing() is not None,
+                    reason=f"needs the aot extra (pip install -e '.[aot]'): {tpu.tools_missing()}")
+def test_tpu_v5e_quick_compiles_within_vmem(tmp_path):
+    rc, records, log = _run("tpu_v5e", tmp_path)
+    assert rc == 0, log[-3000:]
+    _check_records(records, "tpu_v5e")
+    ok = [r for r in records if r["status"] == "ok"]
+    assert ok and all(r["dtype"] == "float16" for r in records if r["status"] == "unsupported")
+    for r in ok:
+        assert r["vmem_bytes"] and r["vmem_pct"] <= 100 * tpu.VMEM_TARGET, r
+        assert r["hbm_bytes"] > 0 and r["op_bytes_accessed"] >= r["ideal_bytes"], r
+
+
+def test_missing_tools_exit_2_and_name_the_extra(monkeypatch, capsys):
+    monkeypatch.setattr(sm90, "tools_missing", lambda: "the `triton` package (test)")
+    assert compile_check.main(["--target", "sm_90", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[aot]"' in err and "triton" in err
+
+
+def test_occupancy_from_registers():
+    # 255 registers x 32 threads -> 8192 per warp: 8 warps of 65536; 64 registers at 16 warps: 32 warps (2 blocks)
+    assert sm90.occupancy_warps(255, 4, 0) == 8
+    assert sm90.occupancy_warps(64, 16, 0) == 32
+    assert sm90.occupancy_warps(32, 32, 0) == 64  # capped by the 64 warps an SM holds
