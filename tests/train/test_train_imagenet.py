@@ -228,3 +228,23 @@ def test_imagenet_recipe_defaults():
     assert (steps, lr, name, warm) == (6, 0.4, "cosine", 3)
     with pytest.raises(ValueError, match="at least one step"):
         resolve(TrainConfig(steps=0), 100)
+
+
+def test_reduced_scale_jpeg_decoding_matches_full_decoding(tmp_path):
+    """load_train decodes a large JPEG at 1/2..1/8 scale when the crop allows: the result stays within a few grey
+    levels of cropping and resizing the fully decoded image (same box, same flip)."""
+    yy, xx = np.mgrid[0:480, 0:640]
+    pix = np.stack([128 + 90 * np.sin(xx / 40), 128 + 90 * np.cos(yy / 30), 128 + 60 * np.sin((xx + yy) / 50)], -1)
+    path = tmp_path / "big.JPEG"
+    PIL.fromarray(pix.astype(np.uint8)).save(path, quality=95)
+    full = PIL.open(path).convert("RGB")
+    errs = []
+    for seed in range(6):
+        got = imf.load_train(str(path), SIZE, np.random.default_rng(seed)).astype(np.float64)
+        rng = np.random.default_rng(seed)
+        box = imf.crop_box_rrc(rng, 640, 480)
+        want = np.asarray(full.resize((SIZE, SIZE), PIL.BILINEAR, box=box), np.float64)
+        if rng.random() < 0.5:
+            want = want[:, ::-1]
+        errs.append(np.abs(got - want).mean())
+    assert max(errs) < 3.0, errs
