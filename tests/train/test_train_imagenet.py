@@ -247,4 +247,4 @@ def test_reduced_scale_jpeg_decoding_matches_full_decoding(tmp_path):
         if rng.random() < 0.5:
             want = want[:, ::-1]
         errs.append(np.abs(got - want).mean())
-    assert max(errs) < 3.0, errs
+    assert max(errs) < 1.5, errs  # measured 0.3-0.6; a box off by the decode scale gives tens
