@@ -146,7 +146,7 @@ def make_step(depth: int, batch: int, image: int, *, bf16: bool = False, compile
             return loss.detach()
         return step
 
-    mode = "eager"
+    mode = "eager (torch.compile not asked for)"
     if compile:
         try:
             compiled = torch.compile(model)

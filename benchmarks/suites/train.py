@@ -256,8 +256,9 @@ def stack_task(depth: int, features: int, tokens: tuple[int, int], timing: dict)
 
 
 def default_plan(quick: bool) -> list[Task]:
-    """Quick: ResNet-20 at batch 32 and a small stack on CPU (ResNet-20/56 at batch 128 on accelerators); full:
-    ResNet-20/56/110 at batch 128 and a larger stack."""
+    """Quick: ResNet-20 at batch 32, a small stack and ResNet-50 at batch 8 x 64x64 on CPU (ResNet-20/56 at batch
+    128 and ResNet-50 at batch 128 x 224x224 on accelerators); full: ResNet-20/56/110 at batch 128, a larger stack,
+    ResNet-50 at 224x224 (batch 32 on a CPU, 256 on an accelerator). ResNet-50 runs in float32 and bf16."""
     accel = harness.platform() != "cpu"
     if quick and not accel:
         depths, batch, timing = (20,), 32, {"warmup": 1, "min_runs": 3, "max_runs": 5, "target_s": 0.5}
