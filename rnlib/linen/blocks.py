@@ -3,7 +3,8 @@
 Parameters live in the "params" collection as the ops pytree (``conv1: {kernel}``, ``norm1: {scale, bias}``,
 ...), BatchNorm running statistics in "batch_stats" (``norm1: {mean, var}``); pass ``mutable=["batch_stats"]``
 when training, as with ``flax.linen.BatchNorm``. ``use_running_average`` is a field and/or a call argument
-(``nn.merge_param``), as in linen's BatchNorm. The input width is taken from the input at init.
+(``nn.merge_param``), as in linen's BatchNorm. The input width is taken from the input at init. The block
+options (kind, order, shortcut, norm, ...) are one field, ``options``: a ``rnlib.ops.residual.BlockOptions``.
 """
 from __future__ import annotations
 
