@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (jax + flax + optax + chex preinstalled, no network), from the repository root:
-#   1. make `rnlib` (with `kernels/` as `rnlib.kernels`) importable without downloading anything,
+#   1. install rnlib from this checkout with pip (offline, --no-deps: nothing is downloaded),
 #   2. run the kernel tests on the GPU (tests/kernels with RNLIB_KERNEL_TEST_PLATFORM=gpu: Triton backend),
 #   3. time layer norm fwd / bwd / fwd+bwd against a copy (benchmarks/device/gpu_bench.py),
 #   4. run the benchmark suites, `python -m benchmarks --quick` (RUN_SH_SKIP_SUITES=1 skips it).
@@ -10,7 +10,6 @@
 # RUN_SH_SKIP_TESTS=1 skips step 2.  `benchmarks/device/run.sh DIR --cpu-smoke` dry-runs both steps on CPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-REPO="$(pwd)"
 OUT_DIR="${OUT:-benchmarks/results/device}"
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then OUT_DIR="$1"; shift; fi
 mkdir -p "$OUT_DIR"
@@ -19,39 +18,13 @@ PY="${PYTHON:-python3}"
 SMOKE=0
 for a in "$@"; do [ "$a" = "--cpu-smoke" ] && SMOKE=1; done
 
-# 1. rnlib importable: as installed; else `pip install --no-deps --no-build-isolation -e .` (offline; needs a recent
-#    setuptools on the machine); else from this checkout with no install at all: the repo root on PYTHONPATH for
-#    `rnlib`, plus a sitecustomize (temp folder) whose import hook maps `rnlib.kernels` to ./kernels as pyproject's
-#    package-dir does, and which then runs the machine's own sitecustomize, if any, that it shadows.
-if ! "$PY" -c "import rnlib.kernels, rnlib.ops" 2>/dev/null; then
-  PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 timeout 120 \
-    "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip_install.log" 2>&1 \
-    || echo "pip install -e . failed (see pip_install.log); using the import shim"
-fi
-if ! "$PY" -c "import rnlib.kernels, rnlib.ops" 2>/dev/null; then
-  SHIM="$(mktemp -d)"
-  cat > "$SHIM/sitecustomize.py" <<PYEOF
-import importlib, importlib.abc, importlib.util, os, sys
-_KERNELS = "$REPO/kernels"
-class _RnlibKernelsFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name != "rnlib.kernels":
-            return None
-        return importlib.util.spec_from_file_location(
-            name, _KERNELS + "/__init__.py", submodule_search_locations=[_KERNELS])
-sys.meta_path.insert(0, _RnlibKernelsFinder())
-# Chain to the sitecustomize this file shadows (some images set library paths there).
-_here, _saved = os.path.dirname(os.path.abspath(__file__)), list(sys.path)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-sys.modules.pop("sitecustomize", None)
-try:
-    importlib.import_module("sitecustomize")
-except ImportError:
-    pass
-finally:
-    sys.path[:] = _saved
-PYEOF
-  export PYTHONPATH="$REPO:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+# 1. rnlib installed the normal way: `pip install -e .` from this checkout, offline (the machine has no network):
+#    --no-deps (jax, flax, optax, chex are preinstalled) and --no-build-isolation (setuptools from the machine).
+if ! PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 timeout 300 \
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip_install.log" 2>&1; then
+  echo "pip install -e . failed (see $OUT_DIR/pip_install.log)" >&2
+  tail -n 20 "$OUT_DIR/pip_install.log" >&2
+  exit 3
 fi
 "$PY" -c "import rnlib.kernels as k, rnlib.ops, jax; print('rnlib.kernels from', k.__file__, '| jax', jax.__version__, jax.devices())" \
   || { echo "cannot import rnlib" >&2; exit 3; }
