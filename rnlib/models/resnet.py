@@ -89,11 +89,11 @@ class ResNet(nnx.Module):
     def features(self, x: jax.Array) -> jax.Array:
         """Pooled features before the classifier: (N, H, W, C_in) -> (N, C_out)."""
         self.check_input(x)
-        h = self.stem(x)
+        h = self.stem(x, in_loop=False)  # the stem and each stage's head block run outside any loop body
         if self.stem_pool:
             h = nnx.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for head, stack in zip(self.heads, self.stacks):
-            h = head(h)
+            h = head(h, in_loop=False)
             if stack is not None:
                 h = stack(h)
         if self.final_norm is not None:

@@ -67,11 +67,12 @@ class ResidualBlock(_BlockBase):
     def out_features(self) -> int:
         return self.spec.out_features
 
-    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None, in_loop: bool = True) -> jax.Array:
+        """``in_loop=False``: the call is not inside a loop body (a faster convolution backward on CPU)."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
         y, state = R.residual_block(self._params(), _values(self.batch_stats), x, self.spec,
-                                    train=self._train(use_running_average))
+                                    train=self._train(use_running_average), in_loop=in_loop)
         if self._train(use_running_average):
             _assign(self.batch_stats, state)
         return y
@@ -152,12 +153,13 @@ class ConvNorm(nnx.Module):
         self.norm_params = nnx.data(_wrap(p, nnx.Param))
         self.batch_stats = nnx.data(_wrap(s, nnx.BatchStat))
 
-    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None, in_loop: bool = True) -> jax.Array:
+        """``in_loop=False``: the call is not inside a loop body (a faster convolution backward on CPU)."""
         ura = self.use_running_average if use_running_average is None else use_running_average
         if self.dtype is not None:
             x = x.astype(self.dtype)
         if self.kernel is not None:
-            x = R.conv2d(x, self.kernel[...], self.stride)
+            x = R.conv2d(x, self.kernel[...], self.stride, in_loop=in_loop)
         x, state = R.normalize(_values(self.norm_params), _values(self.batch_stats), x, self.norm,
                                train=not ura, momentum=self.momentum, epsilon=self.epsilon)
         if not ura:

@@ -91,8 +91,8 @@ def check_block_input(x: jax.Array, spec: BlockSpec, name: str = "residual_block
         raise TypeError(f"{name}: expected a floating-point input, got dtype {x.dtype}")
 
 
-def _block(params: Params, state: State, x: jax.Array, spec: BlockSpec, train: bool,
-           platform: str) -> tuple[jax.Array, State]:
+def _block(params: Params, state: State, x: jax.Array, spec: BlockSpec, train: bool, platform: str,
+           in_loop: bool) -> tuple[jax.Array, State]:
     """``residual_block`` for a resolved ``platform``, without the input checks."""
     new_state: State = {}
 
@@ -112,7 +112,7 @@ def _block(params: Params, state: State, x: jax.Array, spec: BlockSpec, train: b
             h = jax.nn.relu(norm(f"norm{i}", h))
             if i == 1:
                 pre = h
-        h = checkpoint_name(conv_for(h, params[f"conv{i}"]["kernel"], stride, platform), CONV_NAME)
+        h = checkpoint_name(conv_for(h, params[f"conv{i}"]["kernel"], stride, platform, in_loop), CONV_NAME)
         if spec.order == "post":
             h = norm(f"norm{i}", h)
             if i < len(convs):
@@ -121,7 +121,8 @@ def _block(params: Params, state: State, x: jax.Array, spec: BlockSpec, train: b
         h = h * params["branch_scale"].astype(h.dtype)
     if spec.shortcut != "none":
         if spec.projects:
-            sc = checkpoint_name(conv_for(pre, params["proj_conv"]["kernel"], spec.stride, platform), CONV_NAME)
+            sc = conv_for(pre, params["proj_conv"]["kernel"], spec.stride, platform, in_loop)
+            sc = checkpoint_name(sc, CONV_NAME)
             sc = norm("proj_norm", sc)
         else:
             sc = shortcut_a(x, spec.out_features, spec.stride)
@@ -132,14 +133,14 @@ def _block(params: Params, state: State, x: jax.Array, spec: BlockSpec, train: b
 
 
 def residual_block(params: Params, state: State, x: jax.Array, spec: BlockSpec, *, train: bool,
-                   platform: str | None = None) -> tuple[jax.Array, State]:
+                   platform: str | None = None, in_loop: bool = True) -> tuple[jax.Array, State]:
     """Apply one residual (or plain) block: NHWC (N, H, W, in) -> (N, ceil(H/s), ceil(W/s), out).
 
-    Returns (y, new_state); ``new_state`` equals ``state`` unless ``train`` with batch norm. ``platform``: the
-    convolutions' lowering (``rnlib.ops.conv2d``; ``None`` = the default backend's).
+    Returns (y, new_state); ``new_state`` equals ``state`` unless ``train`` with batch norm. ``platform``,
+    ``in_loop``: the convolutions' lowering (``rnlib.ops.conv2d``; ``None`` = the default backend's).
     """
     check_block_input(x, spec)
-    return _block(params, state, x, spec, train, resolve_platform(platform))
+    return _block(params, state, x, spec, train, resolve_platform(platform), in_loop)
 
 
 def stack_init(key: jax.Array, spec: BlockSpec, num_blocks: int) -> tuple[Params, State]:
@@ -156,7 +157,8 @@ def residual_stack(params: Params, state: State, x: jax.Array, spec: BlockSpec, 
     ``scan=True`` runs them under ``lax.scan`` (one traced block, compile time independent of n) keeping only
     ``SCAN_POLICY``'s residuals; ``scan=False`` unrolls a Python loop (same result). ``remat`` wraps each block in
     ``jax.checkpoint`` with ``remat_policy`` instead (``None`` saves nothing; e.g.
-    ``jax.checkpoint_policies.save_only_these_names(CONV_NAME)``). ``platform`` as in ``residual_block``.
+    ``jax.checkpoint_policies.save_only_these_names(CONV_NAME)``). ``platform`` as in ``residual_block``; the
+    unrolled blocks take the lowering for calls outside a loop body.
     """
     leaves = jax.tree.leaves(params)
     if not leaves:
@@ -168,7 +170,7 @@ def residual_stack(params: Params, state: State, x: jax.Array, spec: BlockSpec, 
 
     def body(h, ps):
         p, s = ps
-        return _block(p, s, h, spec, train, platform)
+        return _block(p, s, h, spec, train, platform, in_loop=scan)
 
     if remat:
         body = jax.checkpoint(body, policy=remat_policy)

@@ -20,16 +20,17 @@ def test_cpu_lowering_equals_xla_autodiff(hw, k, stride):
     equals XLA's convolution and autodiff's transpose rules (platform="gpu" takes that path on any backend)."""
     @jax.jit
     def grads(x, w):
-        return [jax.grad(lambda x, w: jnp.sum(jnp.sin(R.conv2d(x, w, stride, platform=p))), (0, 1))(x, w)
-                for p in ("cpu", "gpu")]
+        return [jax.grad(lambda x, w: jnp.sum(jnp.sin(R.conv2d(x, w, stride, platform=p, in_loop=loop))),
+                         (0, 1))(x, w) for p, loop in (("cpu", True), ("cpu", False), ("gpu", True))]
 
     with jax.enable_x64(True):  # f64, so that a summation order cannot hide (or fake) a difference
         x = jnp.asarray(_x((2, *hw, 3), 1), jnp.float64)
         w = jnp.asarray(_x((k, k, 3, 5), 2), jnp.float64)
-        (dx, dw), (dx_ref, dw_ref) = grads(x, w)
-    assert dx.shape == x.shape and dw.shape == w.shape
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-11, atol=1e-11)
+        *cpu, (dx_ref, dw_ref) = grads(x, w)
+    for dx, dw in cpu:  # in a loop body (custom VJP) and outside one (autodiff of the patches form)
+        assert dx.shape == x.shape and dw.shape == w.shape
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("hw,k,stride", [((1, 1), 3, 1), ((2, 2), 3, 1), ((2, 3), 3, 2), ((4, 4), 3, 1),
@@ -46,16 +47,23 @@ def test_conv_patches_equals_xla_conv(hw, k, stride):
 
 
 def test_platform_argument_selects_the_lowering():
-    """The lowering follows ``platform``, not the backend the test runs on: only "cpu" has the custom VJP (a
-    custom_vjp_call in the jaxpr); the default is the default backend's."""
+    """The lowering follows ``platform``, not the backend the test runs on: only "cpu" in a loop body has the
+    custom VJP (a custom_vjp_call in the jaxpr); the default is the default backend's. A scanned stack's blocks
+    are in a loop body, unrolled ones are not."""
     x, w = _x((1, 4, 4, 2)), _x((3, 3, 2, 2), 1)
 
-    def jaxpr(platform):
-        return str(jax.make_jaxpr(lambda x, w: R.conv2d(x, w, platform=platform))(x, w))
+    def jaxpr(platform, in_loop=True):
+        return str(jax.make_jaxpr(lambda x, w: R.conv2d(x, w, platform=platform, in_loop=in_loop))(x, w))
 
     assert "custom_vjp" in jaxpr("cpu") and "custom_vjp" not in jaxpr("tpu")
+    assert "custom_vjp" not in jaxpr("cpu", in_loop=False)
     assert ("custom_vjp" in jaxpr(None)) == (jax.default_backend() == "cpu")
     spec = R.BlockSpec(2, 2)
     params, state = R.block_init(jax.random.key(0), spec)
     block = jax.make_jaxpr(lambda x: R.residual_block(params, state, x, spec, train=True, platform="gpu"))(x)
     assert "custom_vjp" not in str(block)
+    params, state = R.stack_init(jax.random.key(0), spec, 2)
+    for scan in (True, False):
+        stack = jax.make_jaxpr(lambda x: R.residual_stack(params, state, x, spec, train=True, scan=scan,
+                                                          platform="cpu"))(x)
+        assert ("custom_vjp" in str(stack)) == scan
