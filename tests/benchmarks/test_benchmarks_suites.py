@@ -103,3 +103,17 @@ def test_torch_step_falls_back_to_eager_when_compile_fails(monkeypatch):
     assert mode == "eager (torch.compile failed: RuntimeError: no compiler here)"
     losses = [float(step()) for _ in range(3)]
     assert all(np.isfinite(losses)) and losses[-1] != losses[0]  # it trains (SGD moves the loss)
+
+
+def test_numpy_init_draws_rnlib_initial_distribution():
+    from flax import nnx
+
+    from rnlib.models import build
+
+    model = train.numpy_init(nnx.eval_shape(lambda: build("resnet18", 10, nnx.Rngs(0))))
+    state = nnx.to_pure_dict(nnx.state(model))
+    k = np.asarray(state["stacks"][3]["params"]["conv1"]["kernel"])  # (1, 3, 3, 512, 512), stacked
+    assert k.shape == (1, 3, 3, 512, 512) and abs(k.std() / np.sqrt(2 / (9 * 512)) - 1) < 0.01
+    assert np.all(np.asarray(state["stem"]["norm_params"]["scale"]) == 1)
+    assert np.all(np.asarray(state["heads"][0]["batch_stats"]["norm1"]["var"]) == 1)
+    assert np.all(np.asarray(state["head"]["bias"]) == 0) and np.asarray(state["head"]["kernel"]).std() > 0
