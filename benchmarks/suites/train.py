@@ -298,8 +298,9 @@ def default_plan(quick: bool) -> list[Task]:
         depths, batch, timing = (20, 56, 110), 128, {"warmup": 2, "min_runs": 5, "max_runs": 50, "target_s": 3.0}
         stack = (8, 512, (16, 256)) if not accel else (12, 1024, (32, 512))
     tasks = [Task(f"resnet{d} batch {batch}", functools.partial(resnet_task, d, batch, timing)) for d in depths]
-    # ResNet-50: quick CPU sizes finish in about a minute per precision on 2 cores (compiles included);
-    # torch.compile on a CPU takes minutes of C++ compilation, so quick CPU runs time torch eagerly.
+    # ResNet-50 at quick CPU sizes: compiles dominate (measured on 2 cores: rnlib ~45 s, reference ~55 s of CPU
+    # time per precision, steps ~1 s each); torch.compile on a CPU adds minutes of C++ compilation, so quick CPU
+    # runs time torch eagerly (its record's torch_mode says so).
     if quick and not accel:
         r50 = dict(batch_size=8, size=64, unrolled=False, torch_compile=False,
                    timing={"warmup": 1, "min_runs": 3, "max_runs": 7, "target_s": 1.0})

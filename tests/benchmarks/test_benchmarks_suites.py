@@ -117,3 +117,32 @@ def test_numpy_init_draws_rnlib_initial_distribution():
     assert np.all(np.asarray(state["stem"]["norm_params"]["scale"]) == 1)
     assert np.all(np.asarray(state["heads"][0]["batch_stats"]["norm1"]["var"]) == 1)
     assert np.all(np.asarray(state["head"]["bias"]) == 0) and np.asarray(state["head"]["kernel"]).std() > 0
+
+
+def test_resnet50_task_records(monkeypatch):
+    """The ResNet-50 rows' plumbing (names, precision, memory fields, a failing peer) with stand-in candidates:
+    compiling ResNet-50 itself takes minutes on a CPU (the suite's job, not a test's)."""
+    def fake(impl):
+        def make(precision, batch, *args, **kw):
+            if impl == "torch":
+                raise RuntimeError("no torch here")
+            return (lambda: jnp.zeros(()), jax.block_until_ready, 1.5, 7, {"step_bytes": 123, "scan": kw or None})
+        return make
+
+    for impl, fn in (("rnlib", "rnlib_resnet50"), ("reference_linen", "reference_resnet50"),
+                     ("torch", "torch_resnet50")):
+        monkeypatch.setattr(train, fn, fake(impl))
+    monkeypatch.setattr(train.norms_torch, "available", lambda: True)
+    timing = {"warmup": 1, "min_runs": 2, "max_runs": 2, "target_s": 0.0}
+    recs = train.resnet50_task("bf16", 2, 32, timing)
+    assert [r["impl"] for r in recs] == ["rnlib", "rnlib_unrolled", "reference_linen", "torch"]
+    for r in recs[:3]:
+        assert r["name"] == "resnet50_bf16" and r["dtype"] == "bfloat16" and r["shape"] == [2, 32, 32, 3]
+        assert r["image_size"] == 32 and r["compile_s"] == 1.5 and r["step_bytes"] == 123 and r["params"] == 7
+        assert "peak_bytes" in r and r["peak_bytes_source"] and r["images_per_s"] == pytest.approx(2 / r["time_s"])
+    assert recs[1]["scan"] == {"scan": False} and recs[0]["scan"] is None
+    assert recs[3]["error"] == "RuntimeError: no torch here" and recs[3]["time_s"] is None
+    tasks = train.default_plan(quick=True)
+    assert [t.label for t in tasks if "resnet50" in t.label] == (
+        ["resnet50 f32 batch 8 64x64", "resnet50 bf16 batch 8 64x64"] if harness.platform() == "cpu"
+        else ["resnet50 f32 batch 128 224x224", "resnet50 bf16 batch 128 224x224"])
