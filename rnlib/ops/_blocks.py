@@ -28,9 +28,9 @@ CONV_NAME = "rnlib_conv"  # convolution outputs, named for checkpoint policies
 # What a scanned stack keeps for its backward pass: convolution outputs and batch statistics. The elementwise
 # rest (normalised values, ReLU masks, x - mean) is recomputed there, fused into its consumers. Keeping every
 # residual instead writes ~8 activation-sized arrays per block into the scan's stacked buffers, which XLA cannot
-# fuse across the loop boundary: a ResNet-56 train step on CPU took 1.23x as long that way
-# (benchmarks/scan_vs_unrolled.py, scan_save_all vs scan). Unrolled blocks need no policy: XLA fuses the same
-# recomputation itself.
+# fuse across the loop boundary: CPU train steps took 1.41x (ResNet-56) and 1.14x (ResNet-20) as long that way
+# (benchmarks/scan_vs_unrolled.py, scan_save_all vs scan, batch 32). Unrolled blocks need no policy: XLA fuses
+# the same recomputation itself.
 SCAN_POLICY = jax.checkpoint_policies.save_only_these_names(CONV_NAME, STATS_NAME)
 
 
