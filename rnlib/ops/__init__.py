@@ -8,10 +8,10 @@ from rnlib.ops import residual, rnn
 from rnlib.ops._args import Axes, param_shape
 from rnlib.ops._backends import IMPLS, backend_unavailable
 from rnlib.ops.norms import add_norm, layer_norm, layer_norm_with_stats, rms_norm
-from rnlib.ops.residual import (BlockSpec, block_init, conv2d, mlp_block, mlp_stack, residual_block,
+from rnlib.ops.residual import (BlockOptions, BlockSpec, block_init, conv2d, mlp_block, mlp_stack, residual_block,
                                 residual_stack, stack_init)
 from rnlib.ops.rnn import gru_step, lstm_step
 
 __all__ = ["layer_norm", "rms_norm", "add_norm", "layer_norm_with_stats", "param_shape", "Axes", "IMPLS",
-           "backend_unavailable", "residual", "rnn", "BlockSpec", "block_init", "conv2d", "mlp_block",
+           "backend_unavailable", "residual", "rnn", "BlockOptions", "BlockSpec", "block_init", "conv2d", "mlp_block",
            "mlp_stack", "residual_block", "residual_stack", "stack_init", "gru_step", "lstm_step"]
