@@ -32,6 +32,8 @@ GPU_BWD_MAX_ROW_WIDTH = {4: 4096, 2: 4096}
 GPU_BWD_CHUNK_WIDTH = {4: 4096, 2: 4096}
 # Elements of one (block_rows, block_cols) tile that a program aims for when rows are narrow.
 GPU_TILE_ELEMENTS = {4: 4096, 2: 8192}
+# ... and in the backward (a 32 x 128 float32 add_rms_norm tile at 8 warps spilled 8 bytes; 16 x 128 at 4 does not).
+GPU_BWD_TILE_ELEMENTS = 2048
 GPU_MAX_BLOCK_ROWS = 256
 # (max tile elements, num_warps): first row whose bound covers the tile. Forward: <= 32 elements per thread;
 # backward: <= 16.
@@ -77,20 +79,21 @@ def _warps(tile_elements: int, table=GPU_WARPS) -> int:
     return next(w for bound, w in table if tile_elements <= bound)
 
 
-def _gpu_tiling(rows: int, width: int, itemsize: int, max_row: int, chunk: int) -> tuple[int, int, int]:
-    """(block_rows, block_cols, n_chunks): the whole padded row when it fits ``max_row``, else ``chunk`` columns."""
+def _gpu_tiling(rows: int, width: int, max_row: int, chunk: int, tile: int) -> tuple[int, int, int]:
+    """(block_rows, block_cols, n_chunks): the whole padded row when it fits ``max_row`` (several rows up to
+    ``tile`` elements), else ``chunk`` columns of one row."""
     padded = _pow2(width)
     if padded > max_row:
         return 1, chunk, -(-width // chunk)
-    tile = min(GPU_TILE_ELEMENTS[itemsize], max_row)
     return max(1, min(tile // padded, GPU_MAX_BLOCK_ROWS, _pow2(rows))), padded, 1
 
 
 def gpu_plan(rows: int, width: int, itemsize: int) -> Plan:
     itemsize = 4 if itemsize >= 4 else 2
-    br, bc, nc = _gpu_tiling(rows, width, itemsize, GPU_MAX_ROW_WIDTH[itemsize], GPU_CHUNK_WIDTH[itemsize])
-    bbr, bbc, bnc = _gpu_tiling(rows, width, itemsize, GPU_BWD_MAX_ROW_WIDTH[itemsize],
-                                GPU_BWD_CHUNK_WIDTH[itemsize])
+    br, bc, nc = _gpu_tiling(rows, width, GPU_MAX_ROW_WIDTH[itemsize], GPU_CHUNK_WIDTH[itemsize],
+                             GPU_TILE_ELEMENTS[itemsize])
+    bbr, bbc, bnc = _gpu_tiling(rows, width, GPU_BWD_MAX_ROW_WIDTH[itemsize], GPU_BWD_CHUNK_WIDTH[itemsize],
+                                GPU_BWD_TILE_ELEMENTS)
     bwd = Plan("gpu", bbr, bbc, bnc, _warps(bbr * bbc, GPU_BWD_WARPS),
                _gpu_bwd_sub_blocks(rows, bbr, bnc, itemsize))
     fwd = Plan("gpu", br, bc, nc, _warps(br * bc), _gpu_bwd_sub_blocks(rows, br, nc, itemsize))
