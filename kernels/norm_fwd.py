@@ -8,7 +8,7 @@ Maths per row of h (h = x, or h = round(x + residual) for the fused add; statist
     y    = (s - mean) * rstd * scale + bias
 The shift is for rows with |mean| >> std (mean 1e4, std 1e-2: a float32 mean of h is off by ~ulp(1e4) ~ 1e-3, 10%
 of the std, and so is y). h - c is exact for nearby values (Sterbenz), so the statistics of s keep full precision.
-The backward recomputes c = h[:, 0] and x_hat = (s - mean) * rstd: the same convention as rnlib.ops.norm_xla.
+The backward recomputes c = h[:, 0] and x_hat = (s - mean) * rstd: the same convention as rnlib's plain maths (rnlib.ops).
 
 Whole-row path: one kernel, grid over row tiles; c comes from the tile itself. Chunked path (rows wider than one
 block): c (rows, 1) is computed in XLA (every chunk of a row must use the same shift; see _row_shift for the fused

@@ -2,7 +2,7 @@
 //
 // Why: XLA:CPU makes several memory passes over a norm; here each row is read once, kept in L1 while its
 // statistics and outputs are computed, and written once; rows are split over XLA's intra-op thread pool.
-// Maths and saved-statistics convention: exactly rnlib/ops/norm_xla.py (float32 statistics, two-pass
+// Maths and saved-statistics convention: exactly rnlib/ops/_norm_math.py (float32 statistics, two-pass
 // variance, layer-norm rows shifted by their first element, `mean` = mean of the shifted row).
 //
 // Determinism: every sum has a fixed order that depends only on the shape (see norm_rows.h; dscale/dbias
