@@ -121,18 +121,3 @@ def test_norm_ratios_prints_one_line_per_rnlib_impl(tmp_path, capsys):
         assert len(r["fwd/copy runs"]) == 3 and r["fwd/copy"] == sorted(r["fwd/copy runs"])[1]  # the median
     printed = capsys.readouterr().out
     assert all(f" {impl} " in printed for impl in expected)
-
-
-def test_xla_cpu_arrangement_compares_two_different_programs(capsys):
-    """The A/B script really compiles two programs (forced on, rows of 128 are summed 16 terms at a time) and prints
-    a row per op."""
-    import jax.numpy as jnp
-    from benchmarks import xla_cpu_arrangement as xa
-
-    x = jnp.ones((64, 128), jnp.bfloat16)
-    params = (jnp.ones((128,)), jnp.zeros((128,)))
-    on, off = (xa.compiled_pair(x, x, params, flag)[1].as_text() for flag in (True, False))
-    assert "f32[64,16,8]" in on and "f32[64,16,8]" not in off
-    assert xa.main(["--shapes", "64x128", "--dtypes", "bfloat16", "--target-s", "0.001"]) == 0
-    out = capsys.readouterr().out
-    assert "layer_norm     64x128" in out and "rms_norm     64x128" in out

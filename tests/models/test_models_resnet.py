@@ -183,9 +183,11 @@ def _finite_grads(depth, plain):
     return float(jnp.linalg.norm(grads.stem.kernel[...]))
 
 
+@pytest.mark.slow  # paper-scale depth
 def test_finite_gradients_plain110():
     assert _finite_grads(110, plain=True) >= 0.0  # finite; the plain net's first-layer gradient may be tiny
 
 
+@pytest.mark.slow  # paper-scale depth
 def test_finite_gradients_resnet1202():  # ~18 s CPU here: one grad compilation (scan) + 1202 layers fwd/bwd
     assert _finite_grads(1202, plain=False) > 0.0
