@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from rnlib.ops.norms import layer_norm, rms_norm
+
 Array = jax.Array
 Axes = Union[int, Sequence[int]]
 
@@ -214,14 +216,12 @@ def fused_or_general(x: Array, scale: Optional[Array], bias: Optional[Array], *,
         return general_norm(x, scale, bias, rms=rms, reduction_axes=reduction_axes, feature_axes=feature_axes,
                             epsilon=epsilon, dtype=out_dtype, mask=mask, axis_name=axis_name,
                             axis_index_groups=axis_index_groups)
-    from rnlib import ops  # at call time: rnlib.ops may import this module
-
     shape = feature_shape(x.shape, feature_axes)
     scale, bias = (None if p is None else _flat_to(p, shape, name) for p, name in ((scale, "scale"),
                                                                                      (bias, "bias")))
     kw = dict(reduction_axes=reduction_axes, feature_axes=feature_axes, epsilon=float(epsilon), dtype=out_dtype,
               impl=impl)
-    return ops.rms_norm(x, scale, **kw) if rms else ops.layer_norm(x, scale, bias, **kw)
+    return rms_norm(x, scale, **kw) if rms else layer_norm(x, scale, bias, **kw)
 
 
 def _flat_to(p: Array, shape: tuple[int, ...], name: str) -> Array:
