@@ -1,8 +1,8 @@
 """Builds the optional native CPU norm library (rnlib/kernels/native/_norm_cpu*.so); metadata is in pyproject.toml.
 
 The library is loaded with ctypes (it holds XLA FFI handlers, not a Python module). ``optional=True``: without a
-working C++ compiler the install still succeeds and rnlib uses its XLA backend (``rnlib.kernels.native.available()``
-is False). Portable flags only (no -march=native: the wheel may run on other CPUs); the row kernels carry their
+working C++ compiler the install still succeeds and rnlib uses its XLA backend (``rnlib.ops.backend_unavailable("native")``
+says why). Portable flags only (no -march=native: the wheel may run on other CPUs); the row kernels carry their
 own AVX2/AVX-512 versions, picked at run time. Editable installs build it in place (kernels/native/); after
 changing the C++ rebuild with ``pip install -e .`` or ``python setup.py build_ext --inplace``.
 """
