@@ -180,7 +180,31 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
-class BatchLoader:
+class PositionState:
+    """Checkpointable position of a loader whose batch ``p`` depends only on ``(seed, batch_size, n, p)``.
+
+    Subclasses set ``position``, ``seed``, ``batch_size`` and ``n``; :meth:`_seek` moves to a saved position.
+    """
+
+    position: int
+    seed: int
+    batch_size: int
+    n: int
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size, "n": self.n}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if (d["seed"], d["batch_size"], d["n"]) != (self.seed, self.batch_size, self.n):
+            raise ValueError(f"data position was saved for seed/batch_size/n = {(d['seed'], d['batch_size'], d['n'])}"
+                             f" but this run uses {(self.seed, self.batch_size, self.n)}")
+        self._seek(int(d["position"]))
+
+    def _seek(self, position: int) -> None:
+        self.position = position
+
+
+class BatchLoader(PositionState):
     """Deterministic shuffled batches: batch `p` (0-based position) is a pure function of (seed, p).
 
     Each epoch draws a fresh permutation from numpy's PCG64 seeded with (seed, epoch) and yields
@@ -207,14 +231,6 @@ class BatchLoader:
         self.position += 1
         return idx
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size, "n": self.n}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        if (d["seed"], d["batch_size"], d["n"]) != (self.seed, self.batch_size, self.n):
-            raise ValueError(f"data position was saved for seed/batch_size/n = {(d['seed'], d['batch_size'], d['n'])}"
-                             f" but this run uses {(self.seed, self.batch_size, self.n)}")
-        self.position = int(d["position"])
 
 
 class ArrayLoader:

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from rnlib.train import _imagefolder as imf
+from rnlib.train.data import PositionState
 
 MAX_CONSECUTIVE_BAD = 64  # this many unreadable images in a row: the data is broken, not one file
 _log = logging.getLogger("rnlib.train.imagenet")
@@ -126,7 +127,7 @@ def _iterate(sample, start: int, stop: int, local_bs: int, workers: int, threads
     return iter(it)
 
 
-class ImageFolderLoader:
+class ImageFolderLoader(PositionState):
     """This host's part of the global training batches, from `position` on (see the module docstring).
 
     `next_batch()` -> {"image": uint8 (B / processes, S, S, 3), "label": int32, "skipped": int32 (unreadable
@@ -164,15 +165,9 @@ class ImageFolderLoader:
         self.position += 1
         return batch
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size, "n": self.n}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        if (d["seed"], d["batch_size"], d["n"]) != (self.seed, self.batch_size, self.n):
-            raise ValueError(f"data position was saved for seed/batch_size/n = {(d['seed'], d['batch_size'], d['n'])}"
-                             f" but this run uses {(self.seed, self.batch_size, self.n)}")
-        self.close()
-        self.position = int(d["position"])
+    def _seek(self, position: int) -> None:
+        self.close()  # the running worker pipeline was started at the old position
+        self.position = position
 
     def close(self) -> None:
         """Stop the worker processes (a later `next_batch` starts new ones at `position`)."""
