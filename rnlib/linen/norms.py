@@ -23,7 +23,8 @@ from flax import linen as nn
 
 import rnlib._compat  # noqa: F401  (fails early on an unsupported jax/flax pair)
 from rnlib import ops
-from rnlib.ops._norm_general import Axes, feature_shape, fused_or_general, general_norm_with_stats, result_dtype
+from rnlib.ops._norm_general import (Axes, feature_shape, fused_or_general, fused_or_general_with_stats,
+                                     result_dtype)
 
 Initializer = Any
 
@@ -144,11 +145,7 @@ class StatsLayerNorm(LayerNorm):
         shape = (2,) + feature_shape(x.shape, self.feature_axes)
         stats_scale = self.param("stats_scale", self.stats_scale_init, shape, self.param_dtype)
         out = result_dtype(x, scale, bias, stats_scale, dtype=self.dtype)
-        if (mask is None and self.axis_name is None and jnp.issubdtype(x.dtype, jnp.floating)
-                and jnp.issubdtype(out, jnp.floating) and float(self.epsilon) > 0):
-            return ops.layer_norm_with_stats(x, scale, bias, stats_scale, reduction_axes=self.reduction_axes,
-                                             feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=out,
-                                             impl=self.impl)
-        return general_norm_with_stats(x, scale, bias, stats_scale, reduction_axes=self.reduction_axes,
-                                       feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=out, mask=mask,
-                                       axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
+        return fused_or_general_with_stats(x, scale, bias, stats_scale, reduction_axes=self.reduction_axes,
+                                           feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=out,
+                                           mask=mask, axis_name=self.axis_name,
+                                           axis_index_groups=self.axis_index_groups, impl=self.impl)

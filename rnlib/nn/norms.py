@@ -29,7 +29,8 @@ from flax.nnx.nn import initializers
 
 import rnlib._compat  # noqa: F401  (fails early on an unsupported jax/flax pair)
 from rnlib import ops
-from rnlib.ops._norm_general import Axes, feature_shape, fused_or_general, general_norm_with_stats, result_dtype
+from rnlib.ops._norm_general import (Axes, feature_shape, fused_or_general, fused_or_general_with_stats,
+                                     result_dtype)
 
 Initializer = Any
 PromoteDtypeFn = Any
@@ -198,12 +199,8 @@ class StatsLayerNorm(_Norm):
         reshape = lambda p, s: None if p is None else jnp.reshape(p, s)  # noqa: E731  (NNX's flat params)
         scale, bias = reshape(scale, fshape), reshape(bias, fshape)
         stats_scale = reshape(stats_scale, (2,) + fshape)
-        if (mask is None and self.axis_name is None and jnp.issubdtype(x.dtype, jnp.floating)
-                and jnp.issubdtype(out, jnp.floating) and float(self.epsilon) > 0):
-            return ops.layer_norm_with_stats(x, scale, bias, stats_scale, reduction_axes=self.reduction_axes,
-                                             feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=out,
-                                             impl=self.impl)
-        return general_norm_with_stats(x, scale, bias, stats_scale, reduction_axes=self.reduction_axes,
-                                       feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=out, mask=mask,
-                                       axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
+        return fused_or_general_with_stats(x, scale, bias, stats_scale, reduction_axes=self.reduction_axes,
+                                           feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=out,
+                                           mask=mask, axis_name=self.axis_name,
+                                           axis_index_groups=self.axis_index_groups, impl=self.impl)
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rnlib.ops.norms import layer_norm, rms_norm
+from rnlib.ops.norms import layer_norm, layer_norm_with_stats, rms_norm
 
 Array = jax.Array
 Axes = Union[int, Sequence[int]]
@@ -256,3 +256,17 @@ def general_norm_with_stats(x: Array, scale: Optional[Array], bias: Optional[Arr
     a0, a1 = (_param(ss[k], "stats_scale[k]", x.shape, feat) for k in range(2))
     y = y + a0 * mean + a1 * (0.5 * jnp.log(var + jnp.asarray(epsilon, var.dtype)))
     return y.astype(out_dtype)
+
+
+def fused_or_general_with_stats(x: Array, scale: Optional[Array], bias: Optional[Array], stats_scale: Array, *,
+                                reduction_axes: Axes, feature_axes: Axes, epsilon: float, dtype: Any,
+                                mask: Optional[Array] = None, axis_name: Any = None, axis_index_groups: Any = None,
+                                impl: str = "auto") -> Array:
+    """The stats-reinjecting LN's router, as :func:`fused_or_general`: :func:`rnlib.ops.layer_norm_with_stats`
+    when it can serve the call, :func:`general_norm_with_stats` otherwise. ``dtype``: the output dtype (resolved)."""
+    kw = dict(reduction_axes=reduction_axes, feature_axes=feature_axes, epsilon=epsilon, dtype=dtype)
+    if (mask is None and axis_name is None and jnp.issubdtype(x.dtype, jnp.floating)
+            and jnp.issubdtype(dtype, jnp.floating) and float(epsilon) > 0):
+        return layer_norm_with_stats(x, scale, bias, stats_scale, impl=impl, **kw)
+    return general_norm_with_stats(x, scale, bias, stats_scale, mask=mask, axis_name=axis_name,
+                                   axis_index_groups=axis_index_groups, **kw)
