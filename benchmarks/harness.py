@@ -1,4 +1,4 @@
-"""Timing, the copy-bandwidth yardstick and benchmark records (see ../shared DESIGN.md, "Benchmark method").
+"""Timing, the copy-bandwidth yardstick and benchmark records.
 
 Every figure is a ratio measured in the same run: an op that must move ``B`` bytes in ``t`` seconds reaches
 ``B / t`` bytes/s, and ``frac_of_copy`` divides that by the bandwidth of a jitted ``x + 1`` on the same shape and

@@ -1,4 +1,4 @@
-"""rnlib's jitted train step vs a minimal hand-written `jax.jit` step over the same model (issue 5 target: <= 1.05x).
+"""rnlib's jitted train step vs a minimal hand-written `jax.jit` step over the same model (target: <= 1.05x).
 
     python benchmarks/train_step_overhead.py                 # ResNet-20, batch 128, 32x32x3, f32
     python benchmarks/train_step_overhead.py --rounds 40 --precision bf16

@@ -1,7 +1,7 @@
 """Layer-norm bandwidth benchmark on one GPU: forward, backward and forward+backward, as TB/s and as a fraction of
 the measured bandwidth of a copy-like op (``x + 1``) on the same array, in the same run.
 
-Bytes that must move (DESIGN.md): forward 2|x| (read x, write y), backward 3|x| (read x and dy, write dx),
+Bytes that must move: forward 2|x| (read x, write y), backward 3|x| (read x and dy, write dx),
 forward+backward 5|x|; the copy moves 2|x|. Parameters and statistics are O(rows + width), ignored.
 Peers: rnlib pallas, rnlib xla, flax.nnx.LayerNorm, jax.experimental.pallas.ops.gpu.layer_norm (Triton; GPU only,
 or interpret mode under --cpu-smoke), a plain jnp layer norm under autodiff.

@@ -1,7 +1,7 @@
 """Shared checker for the kernel tests: run rnlib.kernels (fwd + bwd under one jit) and compare every output with
 the float64 reference (tests/norm_reference.py) and with the XLA path (rnlib's plain maths, rnlib.ops._norm_math).
 
-Tolerances (DESIGN.md): float32 y/dx -- max abs error <= RTOL_F32 of the natural scale of the output, hostile
+Tolerances: float32 y/dx -- max abs error <= RTOL_F32 of the natural scale of the output, hostile
 inputs included (mean 1e4 / std 1e-2 needs the kernels' h[:, 0] shift to meet it); bf16/f16 y/dx -- twice the error
 of the naive same-dtype computation plus a small atol. Statistics and dscale/dbias are float32 for every input
 dtype and are held to RTOL_F32: rstd of its scale; dbias of sum_rows |dy|; dscale of the larger of sum_rows

@@ -1,4 +1,4 @@
-"""Print the kernels' errors on DESIGN.md's hostile case (mean 1e4, std 1e-2) against the float64 reference.
+"""Print the kernels' errors on the hostile case (mean 1e4, std 1e-2) against the float64 reference.
 
 Not a test (the assertions live in test_kernels_norm_hostile.py): a table of max abs error / natural scale of
 y, dx, dscale, dbias for layer norm and the fused add, float32 and bfloat16, whole-row and chunked plans, on the

@@ -1,4 +1,4 @@
-"""The embedded default reaches the issue's bar: ResNet-20 on digits, 1500 steps, >= 97 % test accuracy."""
+"""The embedded default reaches its documented accuracy: ResNet-20 on digits, 1500 steps, >= 97 % test accuracy."""
 import json
 
 import pytest
