@@ -24,6 +24,21 @@ def free_port():
         s.bind(("localhost", 0))
         return s.getsockname()[1]
 
+def _run_two_processes(script: str, timeout: int) -> None:
+    """Run ``script`` as processes 0 and 1 (one CPU device each) and fail with their output if either fails."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout)[0].decode())
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+
+
 
 @pytest.mark.slow  # two fresh processes compile everything (~45 s on a busy 2-core CPU)
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="the single-process reference needs 2 devices")
@@ -41,17 +56,7 @@ def test_two_processes_match_one_process_two_devices(tmp_path):
         assert jax.process_count() == 2 and len(jax.local_devices()) == 1
         fit(TrainConfig(out={str(tmp_path / 'out')!r}, **{CFG!r}), model_fn=tiny_model_fn)
     """)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=240)[0].decode())
-        finally:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    _run_two_processes(script, timeout=240)
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     final = json.loads((tmp_path / "out" / "final.json").read_text())
     ref = fit(TrainConfig(devices=2, **CFG), model_fn=tiny_model_fn, dataset=load_digits())
@@ -92,17 +97,7 @@ def test_imagenet_pipeline_two_processes_read_disjoint_shards_and_match(tmp_path
         with open({str(tmp_path)!r} + f"/seen{{sys.argv[1]}}.json", "w") as f:
             json.dump(seen, f)
     """)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=300)[0].decode())
-        finally:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    _run_two_processes(script, timeout=300)
     seen = [set(json.loads((tmp_path / f"seen{i}.json").read_text())) for i in range(2)]
     # Process i reads rows 4i..4i+3 of every global batch of 8 (and may read ahead past step 6).
     assert not seen[0] & seen[1] and set(range(6 * 8)) <= seen[0] | seen[1]
