@@ -1,4 +1,4 @@
-"""Images/s of the ImageNet input pipeline (`rnlib.train.imagenet`): JPEG decode + random-resized crop + flip,
+"""Images/s of the ImageNet input pipeline (`rnlib.train.load_imagenet`): JPEG decode + random-resized crop + flip,
 batched, for a number of worker processes, so a run can be judged input- or compute-bound (compare with the
 train suite's images/s for the model).
 
@@ -43,7 +43,7 @@ def make_jpeg_tree(root: str, images: int, classes: int = 10, size: tuple[int, i
 
 def measure(data_dir: str, workers: int, batch_size: int, image_size: int, batches: int, warmup: int,
             threads: int) -> dict:
-    from rnlib.train.imagenet import load_imagenet
+    from rnlib.train import load_imagenet
 
     data = load_imagenet(data_dir, image_size=image_size, workers=workers, threads=threads)
     loader = data.train_loader(batch_size, seed=0)

@@ -5,7 +5,7 @@ the three functions below on the canonical 2-D form ``(rows, width)`` (normalise
 
 ``platform`` is one of ``"gpu"`` (Triton backend; ``"cuda"``/``"rocm"`` accepted), ``"tpu"`` (Mosaic),
 ``"cpu"`` (the GPU kernels in Pallas interpret mode) or ``"tpu_interpret"`` (the TPU kernels under
-``pltpu.InterpretParams()``, for tests on CPU). See :mod:`rnlib.kernels.backend`.
+``pltpu.InterpretParams()``, for tests on CPU). :func:`cuda_lowering` lowers the GPU kernels on a host without a GPU.
 """
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import backend
-from .backend import PLATFORMS, canonical_platform
-from .heuristics import Plan, make_plan
-from .norm_bwd import norm_bwd_impl
-from .norm_fwd import norm_fwd_impl
+from ._backend import PLATFORMS, canonical_platform, cuda_lowering, flavor
+from ._heuristics import Plan, make_plan
+from ._norm_bwd import norm_bwd_impl
+from ._norm_fwd import norm_fwd_impl
 
-__all__ = ["norm_fwd", "norm_bwd", "supports", "plan_for", "PLATFORMS", "Plan"]
+__all__ = ["norm_fwd", "norm_bwd", "supports", "plan_for", "cuda_lowering", "PLATFORMS", "Plan"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 _MAX_ROWS = 2**31 - 1  # row indices are int32 inside the kernels (element offsets are not: see backend.Tile)
@@ -41,8 +40,8 @@ def supports(rows: int, width: int, dtype, platform: str) -> bool:
 
 
 def plan_for(rows: int, width: int, dtype, platform: str) -> Plan:
-    """The tiling the kernels use for this problem (from the tables in :mod:`rnlib.kernels.heuristics`)."""
-    return make_plan(rows, width, dtype, backend.flavor(platform))
+    """The tiling the kernels use for this problem (from the tables in :mod:`rnlib.kernels._heuristics`)."""
+    return make_plan(rows, width, dtype, flavor(platform))
 
 
 def norm_fwd(x: jax.Array, residual: jax.Array | None, scale: jax.Array | None, bias: jax.Array | None, *,

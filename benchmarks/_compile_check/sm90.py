@@ -39,7 +39,7 @@ def tools_missing() -> str | None:
 
 def _export_text(fn, avals) -> str:
     checks = [export.DisabledSafetyCheck.custom_call(TARGET)]
-    with K.backend.cuda_lowering():
+    with K.cuda_lowering():
         return export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(*avals).mlir_module()
 
 

@@ -1,6 +1,6 @@
 """Experiment 2: layer normalization trains recurrent nets faster (Ba, Kiros & Hinton 2016).
 
-LSTM vs LN-LSTM and GRU vs LN-GRU (rnlib.nn.rnn.LayerNormLSTMCell / LayerNormGRUCell with layer_norm=True/False,
+LSTM vs LN-LSTM and GRU vs LN-GRU (rnlib.nn.LayerNormLSTMCell / LayerNormGRUCell with layer_norm=True/False,
 so the baseline is the same cell minus the norms) on scikit-learn digits read as a sequence: pixel by pixel
 (T=64, default), row by row (T=8) or in a fixed random pixel order ("permuted", T=64). One recurrent layer,
 the last hidden state -> linear classifier; Adam, cross-entropy, several seeds. Measured: steps until the
@@ -28,7 +28,7 @@ class SequenceClassifier(nnx.Module):
     """(N, T, F) -> logits (N, classes): one recurrent layer (nnx.RNN over an rnlib cell), last hidden state."""
 
     def __init__(self, cell: str, in_features: int, hidden: int, num_classes: int, *, rngs: nnx.Rngs):
-        from rnlib.nn.rnn import LayerNormGRUCell, LayerNormLSTMCell
+        from rnlib.nn import LayerNormGRUCell, LayerNormLSTMCell
 
         if cell not in CELLS:
             raise ValueError(f"cell: expected one of {CELLS}, got {cell!r}")

@@ -4,7 +4,7 @@
 * :func:`line_gradients`, :func:`gradient_autocorrelation`, :func:`correlation_length`, :func:`shattering` —
   gradient autocorrelation along a 1-D line of inputs (Balduzzi et al. 2017, "shattered gradients").
 """
-from rnlib.diagnostics.autocorrelation import (
+from rnlib.diagnostics._autocorrelation import (
     Shattering,
     correlation_length,
     gradient_autocorrelation,
@@ -12,7 +12,7 @@ from rnlib.diagnostics.autocorrelation import (
     line_inputs,
     shattering,
 )
-from rnlib.diagnostics.grad_norms import grad_norms, ordered_values, param_grad_norms, tree_paths
+from rnlib.diagnostics._grad_norms import grad_norms, ordered_values, param_grad_norms, tree_paths
 
 __all__ = [
     "Shattering",

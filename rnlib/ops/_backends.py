@@ -27,16 +27,7 @@ from rnlib.ops import _norm_math
 Array = jax.Array
 
 IMPLS = ("auto", "xla", "native", "pallas")
-_PLATFORM_ALIASES = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 _KERNEL_DTYPES = frozenset(np.dtype(d) for d in (jnp.float32, jnp.bfloat16, jnp.float16))
-
-
-def resolve_platform(platform: Optional[str]) -> str:
-    """Map ``None`` (JAX's default backend), "cuda", "rocm", ... to one of "cpu", "gpu", "tpu"."""
-    name = jax.default_backend() if platform is None else platform
-    if name not in _PLATFORM_ALIASES:
-        raise ValueError(f"platform must be None or one of {sorted(_PLATFORM_ALIASES)}, got {platform!r}")
-    return _PLATFORM_ALIASES[name]
 
 
 @dataclass(frozen=True)

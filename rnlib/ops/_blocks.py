@@ -18,7 +18,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from rnlib.ops._block_spec import BlockSpec
 from rnlib.ops._channel_norms import STATS_NAME, norm_init, normalize
-from rnlib.ops._conv import conv_for, resolve_platform
+from rnlib._platforms import resolve as resolve_platform
+from rnlib.ops._conv import conv_for
 from rnlib.ops._init import constant, he_normal
 
 Params = dict[str, Any]

@@ -14,7 +14,7 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 from rnlib.ops._init import constant
-from rnlib.ops.norms import layer_norm, layer_norm_with_stats, rms_norm
+from rnlib.ops._norms import layer_norm, layer_norm_with_stats, rms_norm
 
 Params = dict[str, Any]
 State = dict[str, Any]

@@ -20,17 +20,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rnlib import _platforms
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 # At or below this many output pixels per image, the CPU path computes a convolution as one matmul over
 # explicitly gathered patches: XLA:CPU's convolution is 5-12x slower there (e.g. 64x2x2x64 by a 3x3x64x64 kernel:
 # 5.3 ms vs 0.43 ms), and such maps are common in the last stage of nets on small images (digits' 8x8 -> 2x2).
 _SMALL_MAP_PIXELS = 16
-
-
-def resolve_platform(platform: str | None) -> str:
-    """``platform`` itself, or the default backend's name ("cpu", "gpu", "tpu") when ``None``."""
-    return jax.default_backend() if platform is None else platform
 
 
 def _out_size(size: int, k: int, stride: int) -> int:
@@ -111,4 +108,4 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, *, platform: str | 
     the lowering (see the module docstring); ``None`` means ``jax.default_backend()``. ``in_loop=False`` states
     that the call is not inside a loop body (faster backward on CPU); the default is the form that is safe in one.
     """
-    return conv_for(x, kernel, stride, resolve_platform(platform), in_loop)
+    return conv_for(x, kernel, stride, _platforms.resolve(platform), in_loop)

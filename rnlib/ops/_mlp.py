@@ -12,7 +12,7 @@ from jax import lax
 
 from rnlib.ops._channel_norms import norm_init
 from rnlib.ops._init import constant, lecun_normal
-from rnlib.ops.norms import add_norm
+from rnlib.ops._norms import add_norm
 
 Params = dict[str, Any]
 

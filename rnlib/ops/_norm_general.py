@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rnlib.ops.norms import layer_norm, layer_norm_with_stats, rms_norm
+from rnlib.ops._norms import layer_norm, layer_norm_with_stats, rms_norm
 
 Array = jax.Array
 Axes = Union[int, Sequence[int]]

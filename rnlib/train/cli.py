@@ -17,10 +17,10 @@ import os
 import sys
 from typing import Sequence
 
-from rnlib.train.data import DATASETS
-from rnlib.train.loop import NonFiniteLossError, TrainConfig, fit
-from rnlib.train.schedules import OPTIMIZERS, SCHEDULES
-from rnlib.train.state import PRECISIONS
+from rnlib.train._data import DATASETS
+from rnlib.train._loop import NonFiniteLossError, TrainConfig, fit
+from rnlib.train._schedules import OPTIMIZERS, SCHEDULES
+from rnlib.train._state import PRECISIONS
 
 
 def _positive_int(text: str) -> int:

@@ -23,8 +23,8 @@ import numpy as np
 
 import norm_reference as ref
 from rnlib import kernels as K
-from rnlib.kernels.norm_bwd import norm_bwd_impl
-from rnlib.kernels.norm_fwd import norm_fwd_impl
+from rnlib.kernels._norm_bwd import norm_bwd_impl
+from rnlib.kernels._norm_fwd import norm_fwd_impl
 
 # "cpu": GPU-flavour kernels in interpret mode (default). benchmarks/device/run.sh sets "gpu" to run the same tests
 # through the Triton backend on a real GPU.

@@ -18,7 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kernels_norm_check import make_inputs, reference, run_kernels  # noqa: E402
-from rnlib.kernels.heuristics import Plan  # noqa: E402
+from rnlib.kernels import Plan  # noqa: E402
 
 PATHS = [  # (label, platform, plan, width)
     ("gpu whole-row", "cpu", None, 761),

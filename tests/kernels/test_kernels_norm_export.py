@@ -36,7 +36,7 @@ def _all_variants(kplat):
 
 def _export(fn, platform, *avals):
     # jax >= 0.11 needs an abstract GPU device to lower Triton without a GPU (a no-op on earlier versions).
-    with K.backend.cuda_lowering() if platform == "cuda" else contextlib.nullcontext():
+    with K.cuda_lowering() if platform == "cuda" else contextlib.nullcontext():
         exp = export.export(jax.jit(fn), platforms=[platform], disabled_checks=CHECKS)(*avals)
     return exp.mlir_module()
 
@@ -136,9 +136,9 @@ def test_no_int32_offset_overflow_past_2_to_31_elements():
     ("tpu", "tpu-8-256-5-0-1"),     # chunked, edge chunk and edge row tile
 ])
 def test_export_forced_plans(platform, plan):
-    from rnlib.kernels.heuristics import Plan
-    from rnlib.kernels.norm_bwd import norm_bwd_impl
-    from rnlib.kernels.norm_fwd import norm_fwd_impl
+    from rnlib.kernels import Plan
+    from rnlib.kernels._norm_bwd import norm_bwd_impl
+    from rnlib.kernels._norm_fwd import norm_fwd_impl
 
     fl, br, bc, nc, warps, sub = plan.split("-")
     p = Plan(fl, int(br), int(bc), int(nc), int(warps) or None, int(sub))

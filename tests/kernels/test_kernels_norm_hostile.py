@@ -10,7 +10,7 @@ from jax.experimental import pallas as pl
 from kernels_norm_check import GPU_PLATFORM, check, make_inputs, run_kernels
 from rnlib import kernels as K
 from rnlib import ops
-from rnlib.kernels.heuristics import Plan
+from rnlib.kernels import Plan
 
 
 @pytest.mark.parametrize("kind,dtype,rms,width", [

@@ -14,7 +14,7 @@ import pytest
 
 from kernels_norm_check import GPU_PLATFORM, check, make_inputs
 from rnlib.kernels import plan_for
-from rnlib.kernels.heuristics import Plan
+from rnlib.kernels import Plan
 
 F32, BF16, F16 = np.float32, jnp.bfloat16, np.float16
 

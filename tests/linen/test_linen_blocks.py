@@ -5,8 +5,8 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
-from rnlib.linen import blocks as lblocks
-from rnlib.nn.blocks import ResidualBlock
+from rnlib import linen as lblocks
+from rnlib.nn import ResidualBlock
 from rnlib.ops import residual as R
 
 

@@ -7,8 +7,8 @@ from flax import linen as nn
 from flax import nnx
 from rnn_reference import gru_reference, lstm_reference
 
-from rnlib.linen.rnn import LayerNormGRUCell, LayerNormLSTMCell
-from rnlib.nn import rnn as nnx_rnn
+from rnlib.linen import LayerNormGRUCell, LayerNormLSTMCell
+from rnlib import nn as nnx_rnn
 from rnlib.ops import residual as R
 
 

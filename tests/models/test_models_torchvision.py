@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from rnlib.models import build, imagenet_resnet
-from rnlib.models.torchvision import from_torchvision, to_torchvision
+from rnlib.models import from_torchvision, to_torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -174,7 +174,7 @@ def test_to_torchvision_rejects_other_layouts():
 
 def test_numpy_state_dict_does_not_import_torch(sd18, tmp_path):
     np.savez(tmp_path / "sd.npz", **sd18)
-    code = ("import sys, numpy as np\nfrom rnlib.models.torchvision import from_torchvision, to_torchvision\n"
+    code = ("import sys, numpy as np\nfrom rnlib.models import from_torchvision, to_torchvision\n"
             f"sd = dict(np.load({str(tmp_path / 'sd.npz')!r}))\n"
             "back = to_torchvision(from_torchvision(sd, 'resnet18'))\n"
             "assert all(np.array_equal(back[k], sd[k]) for k in sd)\n"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rnlib.nn.blocks import BottleneckBlock, ResidualBlock, ResidualStack
+from rnlib.nn import BottleneckBlock, ResidualBlock, ResidualStack
 from rnlib.ops import residual as R
 
 

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 from rnn_reference import gru_reference, lstm_reference
 
-from rnlib.nn.rnn import LayerNormGRUCell, LayerNormLSTMCell
+from rnlib.nn import LayerNormGRUCell, LayerNormLSTMCell
 from rnlib.ops import residual as R
 
 

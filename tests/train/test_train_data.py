@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnlib.train.data import Augment, BatchLoader, augment_batch, load_cifar10, load_dataset, load_digits
+from rnlib.train import Augment, BatchLoader, augment_batch, load_cifar10, load_dataset, load_digits
 
 
 def write_cifar(d, n=6, seed=0, skip=(), mutate=None):

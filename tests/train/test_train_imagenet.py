@@ -12,7 +12,7 @@ PIL = pytest.importorskip("PIL.Image")
 
 from rnlib.train import TrainConfig, fit  # noqa: E402
 from rnlib.train import _imagefolder as imf  # noqa: E402
-from rnlib.train.imagenet import load_imagenet  # noqa: E402
+from rnlib.train import load_imagenet  # noqa: E402
 from imagenet_tree import make_tree  # noqa: E402
 from train_tinynet import tiny_model_fn  # noqa: E402
 
@@ -182,7 +182,7 @@ def test_corrupt_image_mid_epoch_is_skipped_and_counted(tmp_path, caplog):
     bad = tmp_path / "train" / "c01" / "img_002.JPEG"  # not the first file: the start-up check passes
     bad.write_bytes(bad.read_bytes()[:200])  # truncated
     data = load_imagenet(root, image_size=16)
-    with caplog.at_level(logging.WARNING, logger="rnlib.train.imagenet"):
+    with caplog.at_level(logging.WARNING, logger="rnlib.train._imagenet"):
         got = batches(data.train_loader(4, seed=0), 4)  # two epochs of 8 images
     assert sum(int(b["skipped"].sum()) for b in got) == 2  # once per epoch
     assert str(bad) in caplog.text
@@ -214,8 +214,8 @@ def test_fit_resume_sees_the_uninterrupted_batches(data, tmp_path):
 
 def test_imagenet_recipe_defaults():
     """--data imagenet without --lr/--schedule: lr 0.1 x batch / 256, /10 at epochs 30 and 60 of 90."""
-    from rnlib.train.loop import resolve
-    from rnlib.train.schedules import make_schedule
+    from rnlib.train._loop import resolve
+    from rnlib.train import make_schedule
 
     steps, lr, name, warm = resolve(TrainConfig(data="imagenet", epochs=90, batch_size=512), 1_281_167)
     assert (steps, lr, name, warm) == (90 * 2502, pytest.approx(0.2), "imagenet", 0)

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("grain")
 
-from rnlib.train.imagenet import load_imagenet  # noqa: E402
+from rnlib.train import load_imagenet  # noqa: E402
 from imagenet_tree import make_tree  # noqa: E402
 
 

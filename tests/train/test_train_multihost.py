@@ -71,7 +71,7 @@ def test_imagenet_pipeline_two_processes_read_disjoint_shards_and_match(tmp_path
     is every position), and the two-process run's losses equal one process over two devices."""
     pytest.importorskip("grain")
     from imagenet_tree import make_tree
-    from rnlib.train.imagenet import load_imagenet
+    from rnlib.train import load_imagenet
 
     root = make_tree(tmp_path / "tree")
     cfg = dict(data="imagenet", data_dir=root, image_size=32, workers=0, steps=6, batch_size=8, seed=3,
@@ -84,7 +84,8 @@ def test_imagenet_pipeline_two_processes_read_disjoint_shards_and_match(tmp_path
         jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2,
                                    process_id=int(sys.argv[1]))
         sys.path.insert(0, {HERE!r})
-        from rnlib.train import TrainConfig, fit, imagenet
+        from rnlib.train import TrainConfig, fit
+        from rnlib.train import _imagenet as imagenet
         from train_tinynet import tiny_model_fn
         seen = []
         position = imagenet._TrainSample.global_position

@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from rnlib.train import TrainConfig, fit, load_digits
-from rnlib.train.report import MetricsLog, Progress
+from rnlib.train._report import MetricsLog, Progress
 from train_tinynet import tiny_model_fn
 
 # One schedule horizon for both fits, so the second reuses the first's compiled step.

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnlib.train.schedules import make_optimizer, make_schedule, paper_schedule
+from rnlib.train import make_optimizer, make_schedule, paper_schedule
 
 
 def lr(s, count):
@@ -69,7 +69,7 @@ def test_adam_variants_step(name):
 
 
 def test_imagenet_schedule_and_linear_warmup():
-    from rnlib.train.schedules import make_schedule
+    from rnlib.train import make_schedule
 
     s = make_schedule("imagenet", 90, 0.4)
     assert [float(s(c)) for c in (0, 29, 30, 59, 60, 89)] == pytest.approx([0.4, 0.4, 0.04, 0.04, 0.004, 0.004])
@@ -84,7 +84,7 @@ def test_imagenet_schedule_and_linear_warmup():
 def test_label_smoothing_loss_matches_float64():
     import jax.numpy as jnp
 
-    from rnlib.train.state import _xent
+    from rnlib.train._state import _xent
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 5)) * 3

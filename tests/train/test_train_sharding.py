@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rnlib.train import DataParallel, create_train_state, make_eval_step, make_optimizer, make_train_step
-from rnlib.train.data import Augment
+from rnlib.train import Augment
 from train_tinynet import make_tiny
 
 

@@ -6,7 +6,7 @@
 * `BatchLoader`: epoch-wise permutations drawn from (seed, epoch), so the batch at any position is a pure function
   of (seed, position): resuming only needs the position.
 * `augment_batch`: the paper's zero-pad + random crop + horizontal flip, on device from a PRNG key.
-* `load_dataset("imagenet", dir)`: an ImageFolder tree of JPEGs through grain (`rnlib.train.imagenet`).
+* `load_dataset("imagenet", dir)`: an ImageFolder tree of JPEGs through grain (`rnlib.train._imagenet`).
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
         if data_dir is None:
             raise ValueError("--data imagenet needs --data-dir pointing at a folder with train/<class>/*.JPEG and "
                              "val/<class>/*.JPEG")
-        from rnlib.train.imagenet import load_imagenet
+        from rnlib.train._imagenet import load_imagenet
 
         return load_imagenet(data_dir, image_size=image_size, workers=workers)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")

@@ -17,12 +17,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rnlib.train.checkpoint import Checkpointer
-from rnlib.train.data import Dataset, load_dataset
-from rnlib.train.report import MetricsLog, Progress, plot_curves, write_json
-from rnlib.train.schedules import make_optimizer, make_schedule
-from rnlib.train.sharding import DataParallel
-from rnlib.train.state import (TrainState, create_train_state, init_module, make_eval_step, make_train_step,
+from rnlib.train._checkpoint import Checkpointer
+from rnlib.train._data import Dataset, load_dataset
+from rnlib.train._report import MetricsLog, Progress, plot_curves, write_json
+from rnlib.train._schedules import make_optimizer, make_schedule
+from rnlib.train._sharding import DataParallel
+from rnlib.train._state import (TrainState, create_train_state, init_module, make_eval_step, make_train_step,
                                params_sha256)
 
 
@@ -101,10 +101,9 @@ class TrainResult:
 
 
 def _model_names_hint() -> str:
-    from rnlib.models import registry
+    from rnlib.models import EXAMPLES
 
-    examples = getattr(registry, "EXAMPLES", ())
-    return (f"valid names: {', '.join(examples)}" if examples else "") + \
+    return f"valid names: {', '.join(EXAMPLES)}" + \
         " (CIFAR ResNets: depth 6n+2; ImageNet ResNets: depth 18, 34, 50, 101, 152)"
 
 

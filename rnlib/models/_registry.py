@@ -15,14 +15,15 @@ from typing import Any
 
 from flax import nnx
 
-from rnlib.models.cifar import cifar_resnet
-from rnlib.models.imagenet import IMAGENET_LAYOUTS, imagenet_resnet
+from rnlib.models._cifar import cifar_resnet
+from rnlib.models._imagenet import IMAGENET_LAYOUTS, imagenet_resnet
 
 _PATTERN = re.compile(r"^(?:(cifar|imagenet)_)?(preact_)?(resnet|plain|resmlp)(\d+)$")
 
-EXAMPLES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202", "plain20", "plain56",
-            "plain110", "preact_resnet110", "preact_resnet164", "preact_resnet1001", "resnet18", "resnet34",
-            "resnet50", "resnet101", "resnet152", "plain18", "plain34", "cifar_resnet50", "resmlp8")
+EXAMPLES = (  # names build() accepts (any CIFAR depth 6n+2 works too)
+    "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202", "plain20", "plain56", "plain110",
+    "preact_resnet110", "preact_resnet164", "preact_resnet1001", "resnet18", "resnet34", "resnet50", "resnet101",
+    "resnet152", "plain18", "plain34", "cifar_resnet50", "resmlp8")
 
 
 def parse_name(name: str) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def build(name: str, num_classes: int, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
     shortcut="B", zero_init_last=True, scan=False, remat=True, dtype=jnp.bfloat16, in_features=1)."""
     spec = parse_name(name)
     if spec["family"] == "mlp":
-        from rnlib.models.mlp import residual_mlp  # the MLP builder is optional; keep the CNN path importable
+        from rnlib.models._mlp import residual_mlp  # the MLP builder is optional; keep the CNN path importable
         return residual_mlp(spec["depth"], num_classes=num_classes, rngs=rngs, **kw)
     builder = cifar_resnet if spec["family"] == "cifar" else imagenet_resnet
     return builder(spec["depth"], plain=spec["plain"], preact=spec["preact"], num_classes=num_classes, rngs=rngs,

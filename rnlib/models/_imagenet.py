@@ -10,7 +10,7 @@ from typing import Any
 
 from flax import nnx
 
-from rnlib.models.resnet import ResNet
+from rnlib.models._resnet import ResNet
 
 IMAGENET_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),

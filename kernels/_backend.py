@@ -40,16 +40,15 @@ except ImportError:  # pragma: no cover
 # and its own kernels); the lowering happens inside jit, outside any rnlib frame, hence a message-scoped filter.
 warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated", category=DeprecationWarning)
 
-_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
-PLATFORMS = ("cpu", "gpu", "tpu", "tpu_interpret")
+from rnlib import _platforms
+
+PLATFORMS = _platforms.PLATFORMS + ("tpu_interpret",)
 SQUEEZED = getattr(pl, "squeezed", None)  # block dim dropped from the kernel's view (None on old jax)
 
 
 def canonical_platform(platform: str) -> str:
-    p = _ALIASES.get(str(platform).lower(), str(platform).lower())
-    if p not in PLATFORMS:
-        raise ValueError(f"platform must be one of {PLATFORMS} (or cuda/rocm), got {platform!r}")
-    return p
+    """One of :data:`PLATFORMS` (the device platforms, plus the kernels' own "tpu_interpret" test mode)."""
+    return _platforms.canonical(platform, extra=("tpu_interpret",))
 
 
 def flavor(platform: str) -> str:

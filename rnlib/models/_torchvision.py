@@ -26,8 +26,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rnlib.models.imagenet import IMAGENET_LAYOUTS, imagenet_resnet
-from rnlib.models.resnet import ResNet
+from rnlib.models._imagenet import IMAGENET_LAYOUTS, imagenet_resnet
+from rnlib.models._resnet import ResNet
 
 ARCHS = tuple(f"resnet{d}" for d in IMAGENET_LAYOUTS)
 

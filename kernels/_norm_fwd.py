@@ -26,9 +26,9 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from . import backend
-from .backend import SQUEEZED, Tile
-from .heuristics import Plan
+from . import _backend as backend
+from ._backend import SQUEEZED, Tile
+from ._heuristics import Plan
 
 F32 = jnp.float32
 

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rnlib.train.state import TrainState
+from rnlib.train._state import TrainState
 
 
 def _is_key(x: Any) -> bool:

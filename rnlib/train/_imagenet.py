@@ -27,10 +27,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from rnlib.train import _imagefolder as imf
-from rnlib.train.data import PositionState
+from rnlib.train._data import PositionState
 
 MAX_CONSECUTIVE_BAD = 64  # this many unreadable images in a row: the data is broken, not one file
-_log = logging.getLogger("rnlib.train.imagenet")
+_log = logging.getLogger("rnlib.train._imagenet")
 
 
 def _require_grain():

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnlib.nn.blocks import ConvNorm, ResidualBlock, ResidualStack
+from rnlib.nn._blocks import ConvNorm, ResidualBlock, ResidualStack
 from rnlib.ops.residual import BlockOptions, lecun_normal
 
 

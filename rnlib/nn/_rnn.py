@@ -1,6 +1,6 @@
 """Layer-normalised LSTM and GRU cells (Ba, Kiros & Hinton 2016) for Flax NNX, with plain baselines.
 
-The maths (equations, gate order, parameter names) is in :mod:`rnlib.ops.rnn`; these cells own the parameters.
+The maths (equations, gate order, parameter names) is in :mod:`rnlib.ops._rnn`; these cells own the parameters.
 ``layer_norm=False`` gives the same cells without LN (the baselines).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnlib.ops.rnn import Params, cell_param_shapes, gru_step, lstm_step
+from rnlib.ops._rnn import Params, cell_param_shapes, gru_step, lstm_step
 
 
 def _init_value(name: str, shape: tuple[int, ...]) -> jax.Array:

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from . import backend
-from .backend import SQUEEZED, Tile
-from .heuristics import Plan
+from . import _backend as backend
+from ._backend import SQUEEZED, Tile
+from ._heuristics import Plan
 
 F32 = jnp.float32
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rnlib import ops
-from rnlib.nn.blocks import ResidualMLPStack
+from rnlib.nn._blocks import ResidualMLPStack
 from rnlib.ops.residual import lecun_normal
 
 

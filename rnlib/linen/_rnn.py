@@ -1,6 +1,6 @@
 """Flax linen LN-LSTM / LN-GRU cells (Ba et al. 2016) and their plain baselines (``layer_norm=False``).
 
-Same maths and parameter names as ``rnlib.nn.rnn`` (both call ``rnlib.ops.rnn``'s ``lstm_step``/``gru_step``); usable with
+Same maths and parameter names as ``rnlib.nn._rnn`` (both call ``rnlib.ops._rnn``'s ``lstm_step``/``gru_step``); usable with
 ``flax.linen.RNN``. Carry: LSTM (c, h), GRU h.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from rnlib.ops.rnn import cell_param_shapes, gru_step, lstm_step
+from rnlib.ops._rnn import cell_param_shapes, gru_step, lstm_step
 
 
 class _Cell(nn.RNNCellBase):

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from rnlib import _platforms
 from rnlib.ops import _args, _backends, _norm_math
 from rnlib.ops._args import Axes, make_layout
 from rnlib.ops._norm_vjp import norm2d
@@ -50,7 +51,7 @@ def _normalize(x, residual, scale, bias, stats_scale, *, rms: bool, reduction_ax
     plain = in_core and not with_stats       # the backend's output is already the answer
     spec = _backends.NormSpec(
         rows=lay.rows, width=lay.width, rms=rms, epsilon=eps, x_dtype=x.dtype,
-        out_dtype=jnp.dtype(out_dtype if plain else cdt), platform=_backends.resolve_platform(platform),
+        out_dtype=jnp.dtype(out_dtype if plain else cdt), platform=_platforms.resolve(platform),
         scale_dtype=None if scale is None or not in_core else scale.dtype,
         bias_dtype=None if bias is None or not in_core else bias.dtype,
         residual_in_dtype=None if residual is None else residual.dtype,

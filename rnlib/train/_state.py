@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rnlib.train.data import Augment, augment_batch
+from rnlib.train._data import Augment, augment_batch
 
 PRECISIONS = ("f32", "bf16")
 
@@ -176,7 +176,7 @@ def make_train_step(
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """jax.jit-compiled `train_step_fn(precision, augment, label_smoothing, input_norm)`, the state donated.
 
-    `parallel` (a `rnlib.train.sharding.DataParallel`) pins the shardings: state replicated, batch split over
+    `parallel` (a `rnlib.train._sharding.DataParallel`) pins the shardings: state replicated, batch split over
     the mesh's data axis, metrics replicated; without it jit follows the inputs' shardings. Cached on the
     arguments, so repeated runs in one process (same model and optimizer objects) reuse the compiled step.
     `bad_step` counts steps 1-based: the step whose update produced the non-finite loss.

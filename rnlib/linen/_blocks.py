@@ -1,4 +1,4 @@
-"""Flax linen residual blocks: the same thin wrappers over rnlib.ops.residual as rnlib.nn.blocks.
+"""Flax linen residual blocks: the same thin wrappers over rnlib.ops.residual as rnlib.nn._blocks.
 
 Parameters live in the "params" collection as the ops pytree (``conv1: {kernel}``, ``norm1: {scale, bias}``,
 ...), BatchNorm running statistics in "batch_stats" (``norm1: {mean, var}``); pass ``mutable=["batch_stats"]``
@@ -96,7 +96,7 @@ class ResidualStack(_Block):
 
 
 class ResidualMLPBlock(nn.Module):
-    """Pre-norm residual MLP block, residual-stream form: ``h, r = block(x, residual)`` (see rnlib.nn.blocks)."""
+    """Pre-norm residual MLP block, residual-stream form: ``h, r = block(x, residual)`` (see rnlib.nn._blocks)."""
 
     hidden: Optional[int] = None
     norm: str = "layer"

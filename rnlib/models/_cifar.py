@@ -9,7 +9,7 @@ from typing import Any
 
 from flax import nnx
 
-from rnlib.models.resnet import ResNet
+from rnlib.models._resnet import ResNet
 
 
 def cifar_layout(depth: int, bottleneck: bool | None = None) -> tuple[bool, int]:

@@ -16,7 +16,7 @@ on its own, as in the paper authors' code):
 
 The LN biases of the pre-activation norms are folded into the single bias b (they add to it), so the parameters
 are not redundant. ``layer_norm=False`` gives the same cells with every LN replaced by the identity (baselines).
-Norms are ``rnlib.ops.layer_norm``. The cells in ``rnlib.nn.rnn`` and ``rnlib.linen.rnn`` wrap these.
+Norms are ``rnlib.ops.layer_norm``. The cells in ``rnlib.nn._rnn`` and ``rnlib.linen._rnn`` wrap these.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnlib.ops import norms
+from rnlib.ops import _norms
 
 Params = dict[str, Any]
 
@@ -34,7 +34,7 @@ def _ln(params: Params, name: str, v: jax.Array, layer_norm: bool, epsilon: floa
     if not layer_norm:
         return v
     p = params[name]
-    return norms.layer_norm(v, p["scale"], p.get("bias"), epsilon=epsilon)
+    return _norms.layer_norm(v, p["scale"], p.get("bias"), epsilon=epsilon)
 
 
 def lstm_step(params: Params, carry: tuple[jax.Array, jax.Array], x: jax.Array, *, layer_norm: bool = True,
