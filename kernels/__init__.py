@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._backend import PLATFORMS, canonical_platform, cuda_lowering, flavor
+from ._backend import PLATFORMS, canonical_platform, cuda_lowering, flavor, tpu_generation
 from ._heuristics import Plan, make_plan
 from ._norm_bwd import norm_bwd_impl
 from ._norm_fwd import norm_fwd_impl
 
-__all__ = ["norm_fwd", "norm_bwd", "supports", "plan_for", "cuda_lowering", "PLATFORMS", "Plan"]
+__all__ = ["norm_fwd", "norm_bwd", "supports", "plan_for", "tpu_generation", "cuda_lowering", "PLATFORMS", "Plan"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 _MAX_ROWS = 2**31 - 1  # row indices are int32 inside the kernels (element offsets are not: see backend.Tile)
@@ -39,9 +39,16 @@ def supports(rows: int, width: int, dtype, platform: str) -> bool:
     return (np.dtype(dtype) in _DTYPES and 1 <= int(rows) <= _MAX_ROWS and 1 <= int(width) <= _MAX_ROWS)
 
 
-def plan_for(rows: int, width: int, dtype, platform: str) -> Plan:
-    """The tiling the kernels use for this problem (from the tables in :mod:`rnlib.kernels._heuristics`)."""
-    return make_plan(rows, width, dtype, flavor(platform))
+def plan_for(rows: int, width: int, dtype, platform: str, generation: str | None = None) -> Plan:
+    """The tiling the kernels use for this problem (from the tables in :mod:`rnlib.kernels._heuristics`).
+
+    TPU tiles are sized for the generation's scoped VMEM: ``generation`` ("v5e", "v6e", "v5p") defaults to the
+    chip being traced for (:func:`tpu_generation`; the smallest budget when unknown, e.g. "tpu_interpret").
+    """
+    fl = flavor(platform)
+    if fl == "tpu" and generation is None:
+        generation = tpu_generation()
+    return make_plan(rows, width, dtype, fl, generation)
 
 
 def norm_fwd(x: jax.Array, residual: jax.Array | None, scale: jax.Array | None, bias: jax.Array | None, *,

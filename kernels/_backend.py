@@ -44,6 +44,7 @@ from rnlib import _platforms
 
 PLATFORMS = _platforms.PLATFORMS + ("tpu_interpret",)
 SQUEEZED = getattr(pl, "squeezed", None)  # block dim dropped from the kernel's view (None on old jax)
+LANES = 128  # TPU vector lanes
 
 
 def canonical_platform(platform: str) -> str:
@@ -63,11 +64,27 @@ def _triton_params(num_warps: int | None) -> Any:
     return cls(num_warps=num_warps, num_stages=1)
 
 
-def _tpu_params(n_grid_dims: int) -> Any:
+def tpu_generation() -> str | None:
+    """The TPU chip being traced for ("v5e", "v6e", "v5p", ...; None when unknown, e.g. on CPU).
+
+    ``pltpu.get_tpu_info()`` reads jax's default device (the TPU itself on a TPU host), or the device of an abstract
+    mesh; an ahead-of-time compile on a CPU host names its target with ``jax.default_device(topology_device)``
+    (as ``benchmarks.compile_check`` does).
+    """
+    get = getattr(_pl_tpu, "get_tpu_info", None)
+    if get is None:  # pragma: no cover - jax < 0.6
+        return None
+    try:
+        return str(get().chip_version)
+    except Exception:  # noqa: BLE001 - not a TPU (CPU, GPU, unknown kind)
+        return None
+
+
+def _tpu_params(dims: int | tuple[str, ...]) -> Any:
     cls = getattr(_pl_tpu, "CompilerParams", None) or getattr(_pl_tpu, "TPUCompilerParams", None)
     if cls is None:  # pragma: no cover
         raise RuntimeError("this jax has no Pallas TPU backend")
-    return cls(dimension_semantics=("parallel",) * n_grid_dims)
+    return cls(dimension_semantics=("parallel",) * dims if isinstance(dims, int) else tuple(dims))
 
 
 def _tpu_interpret() -> Any:
@@ -77,15 +94,18 @@ def _tpu_interpret() -> Any:
     return cls()
 
 
-def call_kwargs(platform: str, num_warps: int | None, n_grid_dims: int) -> dict:
-    """Keyword arguments (interpret / compiler_params) for ``pl.pallas_call`` on ``platform``."""
+def call_kwargs(platform: str, num_warps: int | None, dims: int | tuple[str, ...]) -> dict:
+    """Keyword arguments (interpret / compiler_params) for ``pl.pallas_call`` on ``platform``.
+
+    ``dims``: the number of grid dimensions (all "parallel"), or the TPU dimension semantics of each.
+    """
     p = canonical_platform(platform)
     if p == "gpu":
         return dict(compiler_params=_triton_params(num_warps))
     if p == "tpu":
-        return dict(compiler_params=_tpu_params(n_grid_dims))
+        return dict(compiler_params=_tpu_params(dims))
     if p == "tpu_interpret":
-        return dict(interpret=_tpu_interpret(), compiler_params=_tpu_params(n_grid_dims))
+        return dict(interpret=_tpu_interpret(), compiler_params=_tpu_params(dims))
     return dict(interpret=True)
 
 
@@ -128,6 +148,8 @@ class Tile:
     ``row0``/``col0`` are the tile's first row/column (traced int32: rows and widths are < 2**31, and the Triton
     lowering forms element offsets in 64 bits when an array exceeds 2**32 bytes). On the "gpu" flavour every load
     and store is masked to the array bounds; on "tpu" the pipeline clips edge blocks and only the maths is masked.
+    Per-row values are (block_rows, 1) in the maths; their refs are (block_rows, 1) on "gpu" and lane-dense
+    (1, block_rows) on "tpu" (see ``_stats``).
     """
 
     def __init__(self, flavor: str, rows: int, width: int, row0, col0, block_rows: int, block_cols: int,
@@ -172,9 +194,13 @@ class Tile:
 
     def load_rowvec(self, ref, idx=...) -> jax.Array:
         """(block_rows, 1) per-row values (mean, rstd) as float32."""
+        if not self.gpu:
+            return _lanes_to_rows(ref[idx].astype(jnp.float32))
         return self._load(ref, idx, self.row_ok).astype(jnp.float32)
 
     def store_rowvec(self, ref, val, idx=...) -> None:
+        if not self.gpu:
+            val = _rows_to_lanes(val.astype(jnp.float32))
         self._store(ref, idx, val, self.row_ok)
 
     def load_colvec(self, ref, idx=...) -> jax.Array:
@@ -200,3 +226,13 @@ class Tile:
 
     def where_cols(self, val: jax.Array) -> jax.Array:
         return val if self.col_ok is None else jnp.where(self.col_ok, val, 0.0)
+
+
+def _rows_to_lanes(v: jax.Array) -> jax.Array:
+    """(n, 1) -> (1, n): broadcast over the lanes and transpose (a 2-D float32 transpose Mosaic lowers)."""
+    return jnp.transpose(jnp.broadcast_to(v, (v.shape[0], LANES)))[:1, :]
+
+
+def _lanes_to_rows(v: jax.Array) -> jax.Array:
+    """(1, n) -> (n, 1)."""
+    return jnp.transpose(jnp.broadcast_to(v, (LANES, v.shape[1])))[:, :1]

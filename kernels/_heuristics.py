@@ -42,14 +42,27 @@ GPU_BWD_WARPS = ((1024, 2), (2048, 4), (4096, 8))
 # Backward: aim for this many programs in all (~4 per H100 SM) ...
 GPU_BWD_PROGRAMS = 528
 # ... but few enough that the float32 dscale + dbias partials (16 bytes per column per program, written then read)
-# stay under this fraction of the backward's own traffic (3 * rows * width * itemsize).
-GPU_BWD_PARTIAL_FRACTION = 0.1
+# stay under this fraction of the backward's own traffic (3 * rows * width * itemsize). TPU too.
+BWD_PARTIAL_FRACTION = GPU_BWD_PARTIAL_FRACTION = 0.1
 GPU_MAX_BWD_SUB_BLOCKS = 1024
 
-# TPU (Mosaic): bytes of one f32 tile in VMEM (several tiles are double-buffered; default scoped VMEM 16-32 MiB).
-TPU_TILE_BYTES = 1 << 20
-TPU_CHUNK_WIDTH = 16384
+# TPU (Mosaic). Scoped VMEM a kernel gets by default, per generation (``pltpu.get_tpu_info().chip_version``); an
+# unknown chip (interpret mode, a newer generation) is planned as the smallest.
+TPU_SCOPED_VMEM = {"v5e": 16 << 20, "v5p": 16 << 20, "v6e": 32 << 20}
+TPU_DEFAULT_GENERATION = "v5e"
+# Bytes of one float32 tile = scoped VMEM / this: the kernels hold ~12 tile-sized buffers (double-buffered inputs
+# and outputs, float32 temporaries); 1 MiB tiles peaked at 12.1 of v5e's 16 MiB (76 %, compile check).
+TPU_TILE_DIVISOR = 16
+# ... times this for a float32 backward (v5p's Mosaic gave the float32 add_layer_norm backward at 8 x 32768 83 % of
+# 16 MiB, v5e 76 %; 16-bit inputs halve the pipelined buffers: 51 %).
+TPU_BWD_F32_TILE_SCALE = {"v5p": 0.75}
 TPU_MAX_BLOCK_ROWS = 1024
+# Row tiles of >= 128 rows are a multiple of 128, so the lane-dense statistics ((1, rows) in HBM) take whole
+# (1, block_rows) blocks; narrower tiles (wide rows) store theirs as (tiles, 1, block_rows).
+TPU_STAT_LANES = 128
+# Backward: parallel slices of the row tiles (one dscale/dbias partial each; 2 feeds v5p's megacore), the tiles of a
+# slice accumulated in an "arbitrary" grid dimension.
+TPU_BWD_PARALLEL = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +72,8 @@ class Plan:
     block_cols: int      # padded row (whole-row path) or chunk width (chunked path)
     n_chunks: int        # column blocks per row; 1 for the whole-row path
     num_warps: int | None
-    bwd_sub_blocks: int  # row tiles looped over by one backward program (fewer dscale/dbias partials)
+    bwd_sub_blocks: int  # row tiles summed into one dscale/dbias partial (GPU: a loop in one program; TPU: the
+                         # "arbitrary" grid dimension)
     bwd: "Plan | None" = None  # the backward's own tiling where it differs (GPU: fewer elements per thread)
 
     @property
@@ -108,20 +122,46 @@ def _gpu_bwd_sub_blocks(rows: int, block_rows: int, n_chunks: int, itemsize: int
     return min(_pow2(-(-row_tiles // n_prog)), GPU_MAX_BWD_SUB_BLOCKS)
 
 
-def tpu_plan(rows: int, width: int, itemsize: int) -> Plan:
-    del itemsize  # tiles are sized for their float32 working copies
+def tpu_tile_bytes(generation: str | None) -> int:
+    """Bytes of one float32 tile for a TPU generation (None or unknown: :data:`TPU_DEFAULT_GENERATION`)."""
+    vmem = TPU_SCOPED_VMEM.get(generation or "", TPU_SCOPED_VMEM[TPU_DEFAULT_GENERATION])
+    return vmem // TPU_TILE_DIVISOR
+
+
+def tpu_plan(rows: int, width: int, itemsize: int, generation: str | None = None) -> Plan:
+    tile = tpu_tile_bytes(generation)
+    fwd = _tpu_tiling(rows, width, itemsize, tile)
+    if itemsize < 4 or generation not in TPU_BWD_F32_TILE_SCALE:
+        return fwd
+    bwd = _tpu_tiling(rows, width, itemsize, int(tile * TPU_BWD_F32_TILE_SCALE[generation]))
+    return fwd if bwd == fwd else dataclasses.replace(fwd, bwd=bwd)
+
+
+def _tpu_tiling(rows: int, width: int, itemsize: int, tile: int) -> Plan:
+    """Whole rows when 8 of them fit ``tile`` bytes as float32 (the kernels' working copies), else chunks."""
     lanes = -(-width // 128) * 128
-    if 8 * lanes * 4 <= TPU_TILE_BYTES:
+    if 8 * lanes * 4 <= tile:
         cols, n_chunks = width, 1  # full-dim block: no (8, 128) constraint on the width
-        block_rows = max(8, min(TPU_MAX_BLOCK_ROWS, TPU_TILE_BYTES // (lanes * 4)) // 8 * 8)
+        block_rows = min(TPU_MAX_BLOCK_ROWS, tile // (lanes * 4))
+        step = TPU_STAT_LANES if block_rows >= TPU_STAT_LANES else 8
+        block_rows = max(8, block_rows // step * step)
     else:
-        cols, n_chunks = TPU_CHUNK_WIDTH, -(-width // TPU_CHUNK_WIDTH)
-        block_rows = 8
+        cols = tile // (8 * 4 * 2) // 128 * 128  # 8 rows of half a tile (16384 columns of a 1 MiB tile)
+        n_chunks, block_rows = -(-width // cols), 8
     if rows <= block_rows:
         block_rows = rows  # full-dim block
-    return Plan("tpu", block_rows, cols, n_chunks, None, 1)
+    return Plan("tpu", block_rows, cols, n_chunks, None, _tpu_bwd_sub_blocks(rows, block_rows, itemsize))
 
 
-def make_plan(rows: int, width: int, dtype, flavor: str) -> Plan:
+def _tpu_bwd_sub_blocks(rows: int, block_rows: int, itemsize: int) -> int:
+    """Row tiles per backward partial: :data:`TPU_BWD_PARALLEL` slices, fewer when the partials would exceed
+    :data:`BWD_PARTIAL_FRACTION` of the backward's traffic."""
+    row_tiles = -(-rows // block_rows)
+    cap = int(BWD_PARTIAL_FRACTION * 3 * rows * itemsize / 16)
+    return -(-row_tiles // max(1, min(TPU_BWD_PARALLEL, cap, row_tiles)))
+
+
+def make_plan(rows: int, width: int, dtype, flavor: str, generation: str | None = None) -> Plan:
+    """``generation``: the TPU chip ("v5e", "v6e", "v5p"; None: unknown) for the "tpu" flavour."""
     itemsize = np.dtype(dtype).itemsize
-    return gpu_plan(rows, width, itemsize) if flavor == "gpu" else tpu_plan(rows, width, itemsize)
+    return gpu_plan(rows, width, itemsize) if flavor == "gpu" else tpu_plan(rows, width, itemsize, generation)

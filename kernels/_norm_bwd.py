@@ -5,8 +5,9 @@ norm_fwd; c = mean = 0 for RMS):
     c1 = sum(g * xhat) / W,   c2 = sum(g) / W   (c2 = 0 for RMS)
     dx = rstd * (g - xhat * c1 - c2) + dh_extra
     dscale = sum_rows dy * xhat,   dbias = sum_rows dy
-Every backward program loops over ``plan.bwd_sub_blocks`` row tiles and writes one float32 partial row of
-dscale/dbias; a fixed-order sum over programs finishes them (no atomics: same bits every run).
+``plan.bwd_sub_blocks`` row tiles share one float32 partial row of dscale/dbias -- GPU: one program loops over
+them; TPU: a ("parallel", "arbitrary") grid, the partial a resident output block accumulated over the arbitrary
+dimension -- and a fixed-order sum over the partials finishes them (no atomics: same bits every run).
 Chunked path: a first kernel writes per-chunk partial c1/c2 sums, XLA adds them, the dx kernel reads them; c comes
 from XLA as a (rows, 1) input there (a chunk past the first does not hold column 0), from the tile otherwise.
 """
@@ -22,6 +23,7 @@ from jax.experimental import pallas as pl
 from . import _backend as backend
 from ._backend import SQUEEZED, Tile
 from ._heuristics import Plan
+from ._stats import RowValues
 
 F32 = jnp.float32
 
@@ -36,7 +38,7 @@ def _load_xhat(t: Tile, idx, h_ref, mean_ref, rstd_ref, c_ref, rms: bool):
 
 
 def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: bool, has_bias: bool,
-                has_extra: bool, c_given: bool, chunked: bool):
+                has_extra: bool, c_given: bool, chunked: bool, n_tiles: int):
     it = iter(refs)
     dy_ref, h_ref = next(it), next(it)
     mean_ref = None if rms else next(it)
@@ -52,8 +54,16 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
 
     br, bc, sub = plan.block_rows, plan.block_cols, plan.bwd_sub_blocks
     col0 = pl.program_id(1) * bc if chunked else 0
-    prog_row0 = pl.program_id(0) * (br * sub)
-    check_rows, check_cols = rows % (br * sub) != 0, width % bc != 0
+    tpu = plan.flavor == "tpu"
+    if tpu:  # grid (slice, [chunk,] tile of the slice): one row tile per step, partials accumulated over steps
+        k = pl.program_id(2 if chunked else 1)
+        tile = pl.program_id(0) * sub + k
+        prog_row0 = jnp.minimum(tile, n_tiles - 1) * br  # steps past the last tile redo it (see _tpu_grid)
+        check_rows, sub = rows % br != 0, 1
+    else:
+        prog_row0 = pl.program_id(0) * (br * sub)
+        check_rows = rows % (br * sub) != 0
+    check_cols = width % bc != 0
 
     def tile_at(s):
         return Tile(plan.flavor, rows, width, prog_row0 + s * br, col0, br, bc, check_rows, check_cols)
@@ -92,10 +102,12 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
         ds, db = body(0, (zero, zero))
     else:
         ds, db = lax.fori_loop(0, sub, body, (zero, zero))
-    if has_scale:
-        t0.store_colvec(dscale_ref, ds)
-    if has_bias:
-        t0.store_colvec(dbias_ref, db)
+    for ref, val in ((dscale_ref, ds), (dbias_ref, db)):
+        if ref is None:
+            continue
+        if tpu and plan.bwd_sub_blocks > 1:  # resident block: first step of the slice starts it, others add
+            val = jnp.where(tile < n_tiles, val, 0.0) + jnp.where(k == 0, 0.0, ref[...])
+        t0.store_colvec(ref, val)
 
 
 def _chunk_c_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: bool):
@@ -120,60 +132,98 @@ def _chunk_c_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_sca
         t.store_rowvec(c2_ref, jnp.sum(g, axis=1, keepdims=True))
 
 
+def _tpu_grid(n_tiles: int, sub: int):
+    """TPU backward: (slices, tiles per slice) covering ``n_tiles`` row tiles, and the row tile of step (p, k).
+
+    The last slice may have steps past the last tile (when ``sub`` does not divide ``n_tiles``): they map to the
+    last tile again -- its blocks stay resident, dx is rewritten with the same values -- and add nothing to the
+    partials.
+    """
+    n_par = pl.cdiv(n_tiles, sub)
+    return n_par, lambda p, k: jnp.minimum(p * sub + k, n_tiles - 1)
+
+
 def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bool, dx_dtype, platform: str,
                   plan: Plan):
     plan = plan.backward
     rows, width = h.shape
     has_scale, has_extra, chunked = scale is not None, dh_extra is not None, plan.chunked
-    br, bc = plan.block_rows, plan.block_cols
-    stats = ([] if rms else [mean.reshape(rows, 1).astype(F32)]) + [rstd.reshape(rows, 1).astype(F32)]
+    br, bc, sub = plan.block_rows, plan.block_cols, plan.bwd_sub_blocks
+    tpu = plan.flavor == "tpu"
+    row_vals = [] if rms else [mean]
+    row_vals.append(rstd)
     if chunked and not rms:  # the layer-norm shift c = h[:, 0], one value per row for all its chunks
-        stats.append(h[:, :1].astype(F32))
+        row_vals.append(h[:, 0])
     params = [scale.astype(F32).reshape(1, width)] if has_scale else []
 
     c_in = []
     if chunked:  # pass 1: c1/c2 partial sums per chunk
         grid1 = (pl.cdiv(rows, br), plan.n_chunks)
-        part = pl.BlockSpec((SQUEEZED, br, 1), lambda i, j: (j, i, 0))
+        vals1 = RowValues(plan.flavor, rows, br)
+        parts1 = RowValues(plan.flavor, rows, br, lead=(plan.n_chunks,))
         n_c = 1 if rms else 2
         parts = backend.pallas_call(
             functools.partial(_chunk_c_kernel, plan=plan, rows=rows, width=width, rms=rms, has_scale=has_scale),
             grid=grid1,
             in_specs=[pl.BlockSpec((br, bc), lambda i, j: (i, j))] * 2
-            + [pl.BlockSpec((br, 1), lambda i, j: (i, 0))] * len(stats)
+            + [vals1.spec(lambda i, j: i)] * len(row_vals)
             + [pl.BlockSpec((1, bc), lambda i, j: (0, j))] * len(params),
-            out_specs=[part] * n_c,
-            out_shape=[jax.ShapeDtypeStruct((plan.n_chunks, rows, 1), F32)] * n_c,
+            out_specs=[parts1.spec(lambda i, j: i, lambda i, j: (j,))] * n_c,
+            out_shape=[parts1.struct()] * n_c,
             name="rn_norm_bwd_sums", flops=8 * rows * width, **backend.call_kwargs(platform, plan.num_warps, 2),
-        )(dy, h, *stats, *params)
-        c_in = [jnp.sum(p, axis=0) / width for p in parts]  # fixed-order sums over chunks: (rows, 1)
+        )(dy, h, *[vals1.pack(v) for v in row_vals], *params)
+        c_in = [jnp.sum(parts1.unpack(p), axis=0) / width for p in parts]  # fixed-order sums over chunks
 
-    rows_per_prog = br * plan.bwd_sub_blocks
-    n_prog = pl.cdiv(rows, rows_per_prog)
-    if chunked:
-        grid = (n_prog, plan.n_chunks)
-        tile = pl.BlockSpec((rows_per_prog, bc), lambda i, j: (i, j))
-        stat = pl.BlockSpec((rows_per_prog, 1), lambda i, j: (i, 0))
-        param = pl.BlockSpec((1, bc), lambda i, j: (0, j))
-        part = pl.BlockSpec((SQUEEZED, 1, bc), lambda i, j: (i, 0, j))
+    if tpu:
+        n_tiles = pl.cdiv(rows, br)
+        n_prog, tile_of = _tpu_grid(n_tiles, sub)
+        vals = RowValues(plan.flavor, rows, br)
+        if chunked:
+            grid = (n_prog, plan.n_chunks, sub)
+            dims = ("parallel", "parallel", "arbitrary")
+            tile = pl.BlockSpec((br, bc), lambda p, j, k: (tile_of(p, k), j))
+            stat = vals.spec(lambda p, j, k: tile_of(p, k))
+            param = pl.BlockSpec((1, bc), lambda p, j, k: (0, j))
+            part = pl.BlockSpec((SQUEEZED, 1, bc), lambda p, j, k: (p, 0, j))
+        else:
+            grid = (n_prog, sub)
+            dims = ("parallel", "arbitrary")
+            tile = pl.BlockSpec((br, bc), lambda p, k: (tile_of(p, k), 0))
+            stat = vals.spec(lambda p, k: tile_of(p, k))
+            param = pl.BlockSpec((1, bc), lambda p, k: (0, 0))
+            part = pl.BlockSpec((SQUEEZED, 1, bc), lambda p, k: (p, 0, 0))
     else:
-        grid = (n_prog,)
-        tile = pl.BlockSpec((rows_per_prog, bc), lambda i: (i, 0))
-        stat = pl.BlockSpec((rows_per_prog, 1), lambda i: (i, 0))
-        param = pl.BlockSpec((1, bc), lambda i: (0, 0))
-        part = pl.BlockSpec((SQUEEZED, 1, bc), lambda i: (i, 0, 0))
+        rows_per_prog = br * sub
+        n_prog = n_tiles = pl.cdiv(rows, rows_per_prog)
+        vals = RowValues(plan.flavor, rows, rows_per_prog)
+        if chunked:
+            grid = (n_prog, plan.n_chunks)
+            tile = pl.BlockSpec((rows_per_prog, bc), lambda i, j: (i, j))
+            stat = vals.spec(lambda i, j: i)
+            param = pl.BlockSpec((1, bc), lambda i, j: (0, j))
+            part = pl.BlockSpec((SQUEEZED, 1, bc), lambda i, j: (i, 0, j))
+        else:
+            grid = (n_prog,)
+            tile = pl.BlockSpec((rows_per_prog, bc), lambda i: (i, 0))
+            stat = vals.spec(lambda i: i)
+            param = pl.BlockSpec((1, bc), lambda i: (0, 0))
+            part = pl.BlockSpec((SQUEEZED, 1, bc), lambda i: (i, 0, 0))
+        dims = len(grid)
     n_parts = has_scale + has_bias
     outs = backend.pallas_call(
         functools.partial(_bwd_kernel, plan=plan, rows=rows, width=width, rms=rms, has_scale=has_scale,
-                          has_bias=has_bias, has_extra=has_extra, c_given=chunked, chunked=chunked),
+                          has_bias=has_bias, has_extra=has_extra, c_given=chunked, chunked=chunked,
+                          n_tiles=n_tiles),
         grid=grid,
-        in_specs=[tile] * 2 + [stat] * len(stats) + [param] * len(params) + [tile] * has_extra
+        in_specs=[tile] * 2 + [stat] * len(row_vals) + [param] * len(params) + [tile] * has_extra
         + [stat] * len(c_in),
         out_specs=[tile] + [part] * n_parts,
         out_shape=[jax.ShapeDtypeStruct((rows, width), dx_dtype)]
         + [jax.ShapeDtypeStruct((n_prog, 1, width), F32)] * n_parts,
-        name="rn_norm_bwd", flops=(12 + has_extra) * rows * width, **backend.call_kwargs(platform, plan.num_warps, len(grid)),
-    )(dy, h, *stats, *params, *([dh_extra] if has_extra else []), *c_in)
+        name="rn_norm_bwd", flops=(12 + has_extra) * rows * width,
+        **backend.call_kwargs(platform, plan.num_warps, dims),
+    )(dy, h, *[vals.pack(v) for v in row_vals], *params, *([dh_extra] if has_extra else []),
+      *[vals.pack(v) for v in c_in])
     dx, *parts = outs
     # Small fixed-order reduction of the per-program partials.
     finished = [jnp.sum(p, axis=0).reshape(width) for p in parts]

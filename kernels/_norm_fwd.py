@@ -11,7 +11,7 @@ of the std, and so is y). h - c is exact for nearby values (Sterbenz), so the st
 The backward recomputes c = h[:, 0] and x_hat = (s - mean) * rstd: the same convention as rnlib's plain maths (rnlib.ops).
 
 Whole-row path: one kernel, grid over row tiles; c comes from the tile itself. Chunked path (rows wider than one
-block): c (rows, 1) is computed in XLA (every chunk of a row must use the same shift; see _row_shift for the fused
+block): c (one per row) is computed in XLA (every chunk of a row must use the same shift; see _row_shift for the fused
 add) and passed in; a statistics kernel writes per-chunk (mean_c, M2_c) of s -- each chunk two-pass on chip -- (and
 h for the fused add); a tiny XLA step combines them exactly (Chan et al.: M2 = sum M2_c + sum n_c (mean_c - mean)^2);
 an apply kernel writes y.
@@ -27,8 +27,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from . import _backend as backend
-from ._backend import SQUEEZED, Tile
+from ._backend import Tile
 from ._heuristics import Plan
+from ._stats import RowValues
 
 F32 = jnp.float32
 
@@ -121,14 +122,16 @@ def _chunk_stats_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has
     t.store_rowvec(m2_ref, jnp.sum(d * d, axis=1, keepdims=True))
 
 
-def _specs(plan: Plan, chunked: bool):
-    """BlockSpecs for a (rows, W) tile, a (1, W) parameter row, a (rows, 1) statistic and a chunk partial."""
+def _specs(plan: Plan, rows: int, chunked: bool):
+    """BlockSpecs for a (rows, W) tile and a (1, W) parameter row; the per-row values and chunk partials."""
     br, bc = plan.block_rows, plan.block_cols
+    stat = RowValues(plan.flavor, rows, br)
     if chunked:
+        part = RowValues(plan.flavor, rows, br, lead=(plan.n_chunks,))
         return (pl.BlockSpec((br, bc), lambda i, j: (i, j)), pl.BlockSpec((1, bc), lambda i, j: (0, j)),
-                pl.BlockSpec((br, 1), lambda i, j: (i, 0)), pl.BlockSpec((SQUEEZED, br, 1), lambda i, j: (j, i, 0)))
+                stat, stat.spec(lambda i, j: i), part, part.spec(lambda i, j: i, lambda i, j: (j,)))
     return (pl.BlockSpec((br, bc), lambda i: (i, 0)), pl.BlockSpec((1, bc), lambda i: (0, 0)),
-            pl.BlockSpec((br, 1), lambda i: (i, 0)), None)
+            stat, stat.spec(lambda i: i), None, None)
 
 
 def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dtype, residual_dtype,
@@ -139,31 +142,29 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
     chunked = plan.chunked
     grid = (pl.cdiv(rows, plan.block_rows),) + ((plan.n_chunks,) if chunked else ())
     kw = backend.call_kwargs(platform, plan.num_warps, len(grid))
-    tile, param, stat, part = _specs(plan, chunked)
+    tile, param, stats, stat, parts, part = _specs(plan, rows, chunked)
     params = [p.astype(F32).reshape(1, width) for p in (scale, bias) if p is not None]
-    stat_shape = jax.ShapeDtypeStruct((rows, 1), F32)
     h_dtype = jnp.dtype(residual_dtype if residual_dtype is not None else x.dtype)
 
     h = None
     if chunked:  # pass 1: per-chunk statistics (and the new residual)
         n_stats = 1 if rms else 2
-        part_shape = jax.ShapeDtypeStruct((plan.n_chunks, rows, 1), F32)
         c = [] if rms else [_row_shift(x, residual)]
         outs = backend.pallas_call(
             functools.partial(_chunk_stats_kernel, plan=plan, rows=rows, width=width, rms=rms, has_res=has_res),
             grid=grid,
             in_specs=[tile] * (1 + has_res) + [stat] * len(c),
             out_specs=[tile] * has_res + [part] * n_stats,
-            out_shape=[jax.ShapeDtypeStruct((rows, width), h_dtype)] * has_res + [part_shape] * n_stats,
+            out_shape=[jax.ShapeDtypeStruct((rows, width), h_dtype)] * has_res + [parts.struct()] * n_stats,
             name="rn_norm_fwd_stats", flops=(6 + has_res) * n, **kw,
-        )(x, *([residual] if has_res else []), *c)
+        )(x, *([residual] if has_res else []), *[stats.pack(v) for v in c])
         if has_res:
             h, *outs = outs
-        mean, rstd = _combine_chunk_stats(outs, width, plan, epsilon, rms)
+        mean, rstd = _combine_chunk_stats([parts.unpack(o) for o in outs], width, plan, epsilon, rms)
         if has_res and not rms:  # re-anchor on h[:, 0] as written, the shift the backward recomputes from h
-            c_h = h[:, :1].astype(F32)
-            mean, c = mean + (c[0] - c_h)[:, 0], [c_h]  # a difference of nearby floats: exact (Sterbenz)
-        stats_in = c + ([] if rms else [mean.reshape(rows, 1)]) + [rstd.reshape(rows, 1)]
+            c_h = h[:, 0].astype(F32)
+            mean, c = mean + (c[0] - c_h), [c_h]  # a difference of nearby floats: exact (Sterbenz)
+        stats_in = [stats.pack(v) for v in c + ([] if rms else [mean]) + [rstd]]
         y = backend.pallas_call(
             functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=False,
                               has_scale=has_scale, has_bias=has_bias, stats_given=True, chunked=True),
@@ -181,7 +182,7 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
         out_shape.append(jax.ShapeDtypeStruct((rows, width), h_dtype))
         out_specs.append(tile)
     n_stats = 1 if rms else 2
-    out_shape += [stat_shape] * n_stats
+    out_shape += [stats.struct()] * n_stats
     out_specs += [stat] * n_stats
     outs = backend.pallas_call(
         functools.partial(_fwd_kernel, plan=plan, rows=rows, width=width, eps=epsilon, rms=rms, has_res=has_res,
@@ -195,24 +196,24 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
     y, *outs = outs
     if has_res:
         h, *outs = outs
-    mean = jnp.zeros((rows,), F32) if rms else outs[0].reshape(rows)
-    return y, h, mean, outs[-1].reshape(rows)
+    mean = jnp.zeros((rows,), F32) if rms else stats.unpack(outs[0])
+    return y, h, mean, stats.unpack(outs[-1])
 
 
 def _row_shift(x, residual):
-    """(rows, 1) float32 shift for the chunked statistics: h[:, 0] without a residual; x[:, 0] + residual[:, 0]
+    """(rows,) float32 shift for the chunked statistics: h[:, 0] without a residual; x[:, 0] + residual[:, 0]
     (unrounded) for the fused add, re-anchored on the written h[:, 0] afterwards. Reproducing h's rounding here
     would be fragile: XLA may drop a float32 -> bf16 -> float32 round trip (xla_allow_excess_precision)."""
-    c = x[:, :1].astype(F32)
-    return c if residual is None else c + residual[:, :1].astype(F32)
+    c = x[:, 0].astype(F32)
+    return c if residual is None else c + residual[:, 0].astype(F32)
 
 
 def _combine_chunk_stats(parts, width: int, plan: Plan, eps: float, rms: bool):
     """Exact merge of per-chunk statistics into per-row (mean, rstd); fixed order, so deterministic."""
     if rms:
-        var = jnp.sum(parts[0][..., 0], axis=0) / width
+        var = jnp.sum(parts[0], axis=0) / width
         return None, lax.rsqrt(jnp.maximum(var, 0.0) + eps)
-    cmean, m2 = parts[0][..., 0], parts[1][..., 0]  # (n_chunks, rows)
+    cmean, m2 = parts  # (n_chunks, rows)
     n = np.minimum(width - np.arange(plan.n_chunks) * plan.block_cols, plan.block_cols).astype(np.float32)
     n = jnp.asarray(n)[:, None]
     mean = jnp.sum(n * cmean, axis=0) / width

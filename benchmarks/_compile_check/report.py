@@ -9,10 +9,11 @@ from typing import Any
 # bytes_accessed: this pallas_call's operands and results (its CostEstimate); op_bytes_accessed: the whole compiled
 # direction (TPU: XLA's cost analysis, kernels and glue; sm_90: the sum of its kernels, glue not counted);
 # ideal_bytes: every big array of the direction once (Case.ideal_bytes); xla_bytes_accessed: XLA's own fusion of
-# the same op compiled for the same target (TPU only).
+# the same op compiled for the same target (TPU only); layout_copies: instructions outside the kernels that rewrite
+# a whole (rows, width) array, i.e. layout transposes/copies (TPU only; listed in message).
 FIELDS = ("kernel", "pass", "rows", "width", "dtype", "block", "num_warps", "status", "registers", "spill_bytes",
           "smem_bytes", "occupancy_warps", "vmem_bytes", "vmem_pct", "hbm_bytes", "bytes_accessed",
-          "op_bytes_accessed", "ideal_bytes", "xla_bytes_accessed", "message")
+          "op_bytes_accessed", "ideal_bytes", "xla_bytes_accessed", "layout_copies", "message")
 
 
 def record(**kw: Any) -> dict:

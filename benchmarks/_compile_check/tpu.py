@@ -2,7 +2,10 @@
 a CPU host (``jax.experimental.topologies``). Nothing runs; every compile error, scoped-VMEM figure and HBM overflow
 shows. Each direction (forward, backward) of an op is one jitted function; its kernels' scoped VMEM is read from
 the compiled HLO text, its HBM from ``memory_analysis()`` and its traffic from ``cost_analysis()``; XLA's own fusion
-of the same op (rnlib.ops with impl="xla") is compiled beside it for comparison.
+of the same op (rnlib.ops with impl="xla") is compiled beside it for comparison. ``layout_copies`` counts the
+instructions outside the kernels that rewrite a whole (rows, width) array (layout copies/transposes at the jit
+boundary). Everything is traced under ``jax.default_device(<the topology's device>)``, so the kernels plan their
+tiles for that generation (``rnlib.kernels.tpu_generation``).
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ def _compile(fn, avals, target: str):
     dev = device(target)
     sh = jax.sharding.SingleDeviceSharding(dev)
     args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh) for a in avals]
-    return jax.jit(fn).lower(*args).compile()
+    with jax.default_device(dev):  # the kernels read the generation from the default device
+        return jax.jit(fn).lower(*args).compile()
 
 
 def kernel_vmem(hlo_text: str) -> list[tuple[str, int | None]]:
@@ -122,11 +126,17 @@ def _bytes(compiled) -> int | None:
     return None if v is None else int(v)
 
 
+def _block(plan, direction: str) -> str:
+    """rows x cols [x chunks] [subN: row tiles per backward partial]."""
+    return f"{plan.block_rows}x{plan.block_cols}" + (f"x{plan.n_chunks}" if plan.chunked else "") + (
+        f" sub{plan.bwd_sub_blocks}" if direction == "bwd" and plan.bwd_sub_blocks > 1 else "")
+
+
 def check_case(case: Case, target: str, compare_xla: bool = True) -> list[dict]:
     limit = GENERATIONS[target][1]
-    plan = K.plan_for(case.rows, case.width, case.dtype, "tpu")
-    block = f"{plan.block_rows}x{plan.block_cols}" + (f"x{plan.n_chunks}" if plan.chunked else "")
-    base = dict(kernel=case.kernel, rows=case.rows, width=case.width, dtype=case.dtype, block=block)
+    with jax.default_device(device(target)):
+        plan = K.plan_for(case.rows, case.width, case.dtype, "tpu")
+    base = dict(kernel=case.kernel, rows=case.rows, width=case.width, dtype=case.dtype)
     recs = []
     if not K.supports(case.rows, case.width, case.dtype, "tpu"):  # rnlib.ops sends these to XLA
         return [record(**base, **{"pass": d}, status="unsupported",
@@ -152,15 +162,38 @@ def check_case(case: Case, target: str, compare_xla: bool = True) -> list[dict]:
                 pass
         op_bytes = _bytes(compiled)
         text = compiled.as_text()
+        copies = layout_copies(text, case.rows * case.width)
         for name, vmem in kernel_vmem(text):
             recs.append(record(**base, **{"pass": PASSES.get(name, name)}, status="ok", vmem_bytes=vmem,
+                               block=_block(plan.backward if direction == "bwd" else plan, direction),
                                vmem_pct=None if vmem is None else round(100 * vmem / limit, 1), hbm_bytes=hbm,
                                op_bytes_accessed=op_bytes, ideal_bytes=case.ideal_bytes[direction],
-                               xla_bytes_accessed=xla_bytes,
-                               message=_transposes(text)))
+                               xla_bytes_accessed=xla_bytes, layout_copies=len(copies),
+                               message="; ".join(copies) or None))
     return recs
 
 
-def _transposes(hlo_text: str) -> str | None:
-    n = sum(1 for ln in hlo_text.splitlines() if " transpose(" in ln or "copy(" in ln and "{0,1" in ln)
-    return f"{n} transpose/layout copies around the kernels" if n else None
+_INSTR_RE = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(\w+)\[([\d,]*)\]\{([^}]*)\}\s+([\w-]+)\(")
+_NOT_COPIES = ("custom-call", "parameter", "bitcast", "get-tuple-element", "tuple", "constant")
+
+
+def layout_copies(hlo_text: str, big: int) -> list[str]:
+    """Instructions of the entry computation, other than the kernels, that write an array of >= ``big`` elements
+    (``rows * width``): transposes and layout copies of the (rows, width) arrays, e.g. at the jit boundary where
+    XLA's default TPU layout is column-major. Each as "opcode dtype[shape]{layout}"."""
+    out, entry = [], False
+    for line in hlo_text.splitlines():
+        if line.startswith("ENTRY "):
+            entry = True
+            continue
+        if entry and line.startswith("}"):
+            break
+        m = _INSTR_RE.match(line) if entry else None
+        if not m or m.group(4) in _NOT_COPIES:
+            continue
+        n = 1
+        for d in filter(None, m.group(2).split(",")):
+            n *= int(d)
+        if n >= big:
+            out.append(f"{m.group(4)} {m.group(1)}[{m.group(2)}]{{{m.group(3).split(':')[0]}}}")
+    return out

@@ -76,6 +76,13 @@ FORCED = [  # (platform, plan, case): small blocks so edge tiles, chunking and s
     ("tpu_interpret", Plan("tpu", 8, 761, 1, None, 1), (37, 761, F32, False, False, True, True)),
     ("tpu_interpret", Plan("tpu", 8, 256, 5, None, 1), (37, 1153, F16, False, True, True, True)),
     ("tpu_interpret", Plan("tpu", 8, 128, 8, None, 1), (13, 1000, BF16, True, True, True, False)),
+    # TPU backward partials summed over an "arbitrary" grid dimension: 5 tiles in slices of 3 (the last slice has
+    # a step past the last tile); (tiles, 1, 8) statistics
+    ("tpu_interpret", Plan("tpu", 8, 761, 1, None, 3), (37, 761, F32, False, False, True, True)),
+    # (1, rows) statistics in (1, 128) blocks with an edge tile; 3 tiles in slices of 2
+    ("tpu_interpret", Plan("tpu", 128, 256, 1, None, 2), (300, 256, BF16, False, True, True, True)),
+    # chunked: 2 tiles in one slice of 4 steps, statistics partials per chunk
+    ("tpu_interpret", Plan("tpu", 8, 128, 8, None, 4), (13, 1000, F32, False, True, True, True)),
 ]
 
 
