@@ -63,6 +63,32 @@ def test_tpu_v5e_quick_compiles_within_vmem(tmp_path):
     for r in ok:
         assert r["vmem_bytes"] and r["vmem_pct"] <= 100 * tpu.VMEM_TARGET, r
         assert r["hbm_bytes"] > 0 and r["op_bytes_accessed"] >= r["ideal_bytes"], r
+        assert isinstance(r["layout_copies"], int), r
+
+
+_HEAVIEST = """
+import json, sys
+from benchmarks._compile_check import cases, tpu
+target, width = sys.argv[1], int(sys.argv[2])
+print(json.dumps(tpu.check_case(cases.Case("add_layer_norm", 4097, width, "float32"), target, compare_xla=False)))
+"""
+
+
+@pytest.mark.skipif(tpu.tools_missing() is not None,
+                    reason=f"needs the aot extra (pip install -e '.[aot]'): {tpu.tools_missing()}")
+@pytest.mark.parametrize("target,width", [("tpu_v5e", 32768), ("tpu_v5p", 32768), ("tpu_v6e", 65536)])
+def test_tpu_largest_tiles_within_vmem(target, width):
+    """The largest whole-row tiles of each generation's plan (float32 add_layer_norm, the most buffers) stay under
+    80 % of that generation's scoped VMEM, forward and backward."""
+    env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    p = subprocess.run([sys.executable, "-c", _HEAVIEST, target, str(width)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    records = json.loads(p.stdout.strip().splitlines()[-1])
+    assert {r["pass"] for r in records} >= {"fwd", "bwd"}
+    for r in records:
+        assert r["status"] == "ok" and r["vmem_pct"] <= 100 * tpu.VMEM_TARGET, r
+    assert any(r["vmem_pct"] > 50 for r in records)  # the tiles do use the generation's budget
 
 
 def test_missing_tools_exit_2_and_name_the_extra(monkeypatch, capsys):
