@@ -35,9 +35,9 @@ GPU_TILE_ELEMENTS = {4: 4096, 2: 8192}
 # ... and in the backward (a 32 x 128 float32 add_rms_norm tile at 8 warps spilled 8 bytes; 16 x 128 at 4 does not).
 GPU_BWD_TILE_ELEMENTS = 2048
 GPU_MAX_BLOCK_ROWS = 256
-# (max tile elements, num_warps): first row whose bound covers the tile. Forward: <= 32 elements per thread;
-# backward: <= 16.
-GPU_WARPS = ((1024, 2), (4096, 4), (8192, 8), (16384, 16), (32768, 32))
+# (max tile elements, num_warps): first row whose bound covers the tile. Forward: <= 32 elements per thread, and
+# <= 16 up to 4096 (a 4 x 1024 float32 add_layer_norm tile at 4 warps spilled 4 bytes; 8 warps: none); backward: <= 16.
+GPU_WARPS = ((1024, 2), (2048, 4), (8192, 8), (16384, 16), (32768, 32))
 GPU_BWD_WARPS = ((1024, 2), (2048, 4), (4096, 8))
 # Backward: aim for this many programs in all (~4 per H100 SM) ...
 GPU_BWD_PROGRAMS = 528
