@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._backend import PLATFORMS, canonical_platform, cuda_lowering, flavor, tpu_generation
-from ._heuristics import Plan, make_plan
+from ._backend import PLATFORMS, canonical_platform, cuda_lowering, flavor, tpu_column_major, tpu_generation
+from ._heuristics import Plan, make_plan, tpu_transposed_pays
 from ._norm_bwd import norm_bwd_impl
 from ._norm_fwd import norm_fwd_impl
 
@@ -39,16 +39,25 @@ def supports(rows: int, width: int, dtype, platform: str) -> bool:
     return (np.dtype(dtype) in _DTYPES and 1 <= int(rows) <= _MAX_ROWS and 1 <= int(width) <= _MAX_ROWS)
 
 
-def plan_for(rows: int, width: int, dtype, platform: str, generation: str | None = None) -> Plan:
+def plan_for(rows: int, width: int, dtype, platform: str, generation: str | None = None,
+             transposed: bool | None = None) -> Plan:
     """The tiling the kernels use for this problem (from the tables in :mod:`rnlib.kernels._heuristics`).
 
     TPU tiles are sized for the generation's scoped VMEM: ``generation`` ("v5e", "v6e", "v5p") defaults to the
     chip being traced for (:func:`tpu_generation`; the smallest budget when unknown, e.g. "tpu_interpret").
+    ``transposed`` (TPU): the kernels take x.T; by default when XLA's default layout of a (rows, width) array
+    is column-major on the device being traced for (:func:`rnlib.kernels._backend.tpu_column_major`), so that
+    no layout copy surrounds them at a jit boundary, and the transposed plan pays for itself
+    (:func:`rnlib.kernels._heuristics.tpu_transposed_pays`: not for small row counts, nor multi-pass for arrays
+    that fit VMEM).
     """
     fl = flavor(platform)
     if fl == "tpu" and generation is None:
         generation = tpu_generation()
-    return make_plan(rows, width, dtype, fl, generation)
+    if transposed is None:
+        transposed = (canonical_platform(platform) == "tpu" and tpu_column_major(rows, width, dtype)
+                      and tpu_transposed_pays(rows, width, np.dtype(dtype).itemsize, generation))
+    return make_plan(rows, width, dtype, fl, generation, bool(transposed) and fl == "tpu")
 
 
 def norm_fwd(x: jax.Array, residual: jax.Array | None, scale: jax.Array | None, bias: jax.Array | None, *,

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
@@ -78,6 +79,29 @@ def tpu_generation() -> str | None:
         return str(get().chip_version)
     except Exception:  # noqa: BLE001 - not a TPU (CPU, GPU, unknown kind)
         return None
+
+
+def tpu_column_major(rows: int, width: int, dtype) -> bool:
+    """Whether XLA's default TPU layout of a (rows, width) ``dtype`` array is column-major (``{0,1}``).
+
+    XLA gives a jit's parameters and results the layout that pads less to (8, 128) tiles (ties: row-major):
+    float32 (4096, 1000) is column-major (1000 rows of 4096 lanes pad nothing; row-major pads 1000 to 1024 lanes),
+    (4097, 1000), (4096, 761) and widths that are multiples of 128 are row-major. A kernel that insists on
+    row-major operands then costs a layout copy of each (rows, width) operand and result at the boundary, so the
+    kernels take ``x.T`` (a bitcast) instead. Asked of the PJRT client of the device being traced for (jax's
+    default device: the TPU itself, or the topology device of an ahead-of-time compile), the same question jit
+    asks; False when there is none (CPU, "tpu_interpret") or it cannot say.
+    """
+    try:
+        dev = jax.config.jax_default_device
+        if dev is None or isinstance(dev, str):
+            dev = jax.devices(dev)[0]
+        if dev.platform != "tpu":
+            return False
+        layout = dev.client.get_default_layout(np.dtype(dtype), (int(rows), int(width)), dev)
+        return tuple(layout._xla_layout().minor_to_major()) == (0, 1)  # no public accessor in jax 0.10
+    except Exception:  # noqa: BLE001 - no TPU client, or a jax without this query: keep row-major
+        return False
 
 
 def _tpu_params(dims: int | tuple[str, ...]) -> Any:
@@ -142,6 +166,44 @@ def pallas_call(kernel, *, flops: int, transcendentals: int = 0, **kwargs):
     return call
 
 
+class Orient:
+    """How the kernels see a (rows, width) problem: row-major (a row along the lanes), or ``transposed`` (TPU):
+    the kernels get ``x.T`` (width, rows) -- a free bitcast when XLA keeps x column-major, its default TPU layout
+    for shapes that pad less that way (:func:`tpu_column_major`) -- a row down the sublanes, rows along the lanes.
+
+    Callers give block indices in the logical (row tile, column block) order; this swaps them when transposed.
+    """
+
+    def __init__(self, transposed: bool):
+        self.t = bool(transposed)
+
+    def arr(self, a: jax.Array | None) -> jax.Array | None:
+        """A (rows, width) array as the kernels take it (and back: the same swap)."""
+        return a.T if self.t and a is not None else a
+
+    def shape(self, rows: int, width: int) -> tuple[int, int]:
+        return (width, rows) if self.t else (rows, width)
+
+    def tile(self, block_rows: int, block_cols: int, at) -> pl.BlockSpec:
+        """``at(*grid_ids) -> (row tile, column block)``."""
+        if not self.t:
+            return pl.BlockSpec((block_rows, block_cols), at)
+        return pl.BlockSpec((block_cols, block_rows), lambda *ids: tuple(at(*ids))[::-1])
+
+    def param(self, p: jax.Array, width: int) -> jax.Array:
+        """A (width,) parameter as float32 (1, width), or a (width, 1) column transposed."""
+        return p.astype(jnp.float32).reshape((width, 1) if self.t else (1, width))
+
+    def param_spec(self, block_cols: int, col) -> pl.BlockSpec:
+        """``col(*grid_ids) -> column block``."""
+        if self.t:
+            return pl.BlockSpec((block_cols, 1), lambda *ids: (col(*ids), 0))
+        return pl.BlockSpec((1, block_cols), lambda *ids: (0, col(*ids)))
+
+    def col_zeros(self, block_cols: int) -> jax.Array:
+        return jnp.zeros((block_cols, 1) if self.t else (1, block_cols), jnp.float32)
+
+
 class Tile:
     """One (block_rows, block_cols) tile of a (rows, width) array inside a kernel.
 
@@ -150,23 +212,39 @@ class Tile:
     and store is masked to the array bounds; on "tpu" the pipeline clips edge blocks and only the maths is masked.
     Per-row values are (block_rows, 1) in the maths; their refs are (block_rows, 1) on "gpu" and lane-dense
     (1, block_rows) on "tpu" (see ``_stats``).
+
+    ``transposed`` (TPU only, see :class:`Orient`): the kernel sees ``x.T``, tiles are (block_cols, block_rows),
+    rows along the lanes; a row's values are reduced over axis 0 (sublanes), per-row values are (1, block_rows)
+    -- already lane-dense, no transpose -- and per-column values (scale, bias, dscale/dbias sums) (block_cols, 1).
+    The kernel bodies reduce with :meth:`row_sum` / :meth:`col_sum` and never name an axis.
     """
 
     def __init__(self, flavor: str, rows: int, width: int, row0, col0, block_rows: int, block_cols: int,
-                 check_rows: bool, check_cols: bool):
+                 check_rows: bool, check_cols: bool, transposed: bool = False):
         self.gpu = flavor == "gpu"
-        shape = (block_rows, block_cols)
+        self.t = transposed
+        self.red = 0 if transposed else 1  # the axis a row's elements lie along
+        shape = (block_cols, block_rows) if transposed else (block_rows, block_cols)
         self.row_ok = self.col_ok = None
         if check_rows:
-            self.row_ok = (row0 + lax.broadcasted_iota(jnp.int32, (block_rows, 1), 0)) < rows
+            along = 1 - self.red  # the axis that indexes rows
+            self.row_ok = (row0 + lax.broadcasted_iota(jnp.int32, _vec(block_rows, along), along)) < rows
         if check_cols:
-            self.col_ok = (col0 + lax.broadcasted_iota(jnp.int32, (1, block_cols), 1)) < width
+            self.col_ok = (col0 + lax.broadcasted_iota(jnp.int32, _vec(block_cols, self.red), self.red)) < width
         ok = [m for m in (self.row_ok, self.col_ok) if m is not None]
         self.valid = None
         if ok:
             self.valid = jnp.broadcast_to(ok[0], shape)
             for m in ok[1:]:
                 self.valid = self.valid & jnp.broadcast_to(m, shape)
+
+    def row_sum(self, val: jax.Array) -> jax.Array:
+        """Sum over each row's elements: a per-row value ((block_rows, 1), or (1, block_rows) transposed)."""
+        return jnp.sum(val, axis=self.red, keepdims=True)
+
+    def col_sum(self, val: jax.Array) -> jax.Array:
+        """Sum over the tile's rows: a per-column value ((1, block_cols), or (block_cols, 1) transposed)."""
+        return jnp.sum(val, axis=1 - self.red, keepdims=True)
 
     def _load(self, ref, idx, mask):
         if self.gpu and mask is not None:
@@ -193,32 +271,39 @@ class Tile:
         self._store(ref, idx, val, self.valid)
 
     def load_rowvec(self, ref, idx=...) -> jax.Array:
-        """(block_rows, 1) per-row values (mean, rstd) as float32."""
+        """(block_rows, 1) per-row values (mean, rstd) as float32 ((1, block_rows) transposed, as stored)."""
+        if self.t:
+            return ref[idx].astype(jnp.float32)
         if not self.gpu:
             return _lanes_to_rows(ref[idx].astype(jnp.float32))
         return self._load(ref, idx, self.row_ok).astype(jnp.float32)
 
     def store_rowvec(self, ref, val, idx=...) -> None:
-        if not self.gpu:
+        if not self.gpu and not self.t:
             val = _rows_to_lanes(val.astype(jnp.float32))
         self._store(ref, idx, val, self.row_ok)
 
     def load_colvec(self, ref, idx=...) -> jax.Array:
-        """(1, block_cols) per-column values (scale, bias) as float32."""
+        """(1, block_cols) per-column values (scale, bias) as float32 ((block_cols, 1) transposed)."""
         return self._load(ref, idx, self.col_ok).astype(jnp.float32)
 
     def store_colvec(self, ref, val, idx=...) -> None:
         self._store(ref, idx, val, self.col_ok)
 
-    @staticmethod
-    def first_col(val: jax.Array) -> jax.Array:
-        """(block_rows, 1) column 0 of a whole-row tile (the layer-norm shift ``c = h[:, 0]``).
+    def col_lanes(self, val: jax.Array) -> jax.Array:
+        """A per-column value as the (1, block_cols) lane vector it is stored as: transposed tiles turn their
+        (block_cols, 1) column with one in-kernel transpose, so that the dscale/dbias partials cost 4 bytes a column
+        in HBM rather than 512 (a (width, 1) array padded to 128 lanes)."""
+        return _rows_to_lanes(val) if self.t else val
+
+    def first_col(self, val: jax.Array) -> jax.Array:
+        """Per-row column 0 of a whole-row tile (the layer-norm shift ``c = h[:, 0]``).
 
         A select + row sum rather than ``val[:, :1]``: value slicing does not lower on Triton, while iota/where/sum
         lower on Triton, Mosaic and in interpret mode. Only valid for tiles that start at column 0.
         """
-        col = lax.broadcasted_iota(jnp.int32, val.shape, 1)
-        return jnp.sum(jnp.where(col == 0, val, 0.0), axis=1, keepdims=True)
+        col = lax.broadcasted_iota(jnp.int32, val.shape, self.red)
+        return self.row_sum(jnp.where(col == 0, val, 0.0))
 
     def where(self, val: jax.Array) -> jax.Array:
         """Zero the out-of-bounds elements (a select, so NaN/inf padding cannot leak)."""
@@ -226,6 +311,11 @@ class Tile:
 
     def where_cols(self, val: jax.Array) -> jax.Array:
         return val if self.col_ok is None else jnp.where(self.col_ok, val, 0.0)
+
+
+def _vec(n: int, axis: int) -> tuple[int, int]:
+    """Shape of an n-vector along ``axis`` of a 2-D tile."""
+    return (n, 1) if axis == 0 else (1, n)
 
 
 def _rows_to_lanes(v: jax.Array) -> jax.Array:

@@ -63,6 +63,23 @@ TPU_STAT_LANES = 128
 # Backward: parallel slices of the row tiles (one dscale/dbias partial each; 2 feeds v5p's megacore), the tiles of a
 # slice accumulated in an "arbitrary" grid dimension.
 TPU_BWD_PARALLEL = 2
+# Transposed plans (the kernels take x.T: a row down the sublanes, rows along the lanes; chosen when XLA's default
+# layout of x is column-major, see _backend.tpu_column_major). A row tile gets the same float32 tile budget. Its
+# per-column values -- scale, bias, the dscale/dbias accumulators -- are (width, 1) columns, padded to 128 lanes in
+# VMEM (each as large as a 128-row tile; the partials are stored lane-dense in HBM): at the worst shapes, 128 x 2040
+# tiles of 1 MiB (v5e, v5p) and 128 x 4080 of 2 MiB (v6e), float32 add_layer_norm peaked at 76 % of the scoped limit
+# (v5p forward; compile check).
+# Row tiles along the lanes: a multiple of 128 (whole lane-dense statistics blocks) up to this many rows (narrow
+# widths: a (8, 16384) float32 tile is 512 KiB), else all rows.
+TPU_T_MAX_BLOCK_ROWS = 16384
+# When the transposed plan pays (compile check, v5e, cost analysis of the whole op against the row-major kernels plus
+# XLA's layout copies): whole-row transposed plans from this many rows (at 128-512 rows the (width, 1) parameter
+# columns, padded to 128 lanes, cost more than the copies: up to 1.6x the bytes); chunked (multi-pass) transposed
+# plans only for arrays of at least this many bytes (smaller ones fit VMEM, where XLA stages the copies cheaply and
+# prefetches the multi-pass operand: 1.1-1.25x the bytes of the single-pass row-major kernel with copies at 12-82 MB;
+# 0.4-0.6x at 164 MB and up).
+TPU_T_MIN_ROWS = 1024
+TPU_T_CHUNKED_MIN_BYTES = 128 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +92,7 @@ class Plan:
     bwd_sub_blocks: int  # row tiles summed into one dscale/dbias partial (GPU: a loop in one program; TPU: the
                          # "arbitrary" grid dimension)
     bwd: "Plan | None" = None  # the backward's own tiling where it differs (GPU: fewer elements per thread)
+    transposed: bool = False  # TPU: the kernels take x.T (a row down the sublanes), for column-major operands
 
     @property
     def backward(self) -> "Plan":
@@ -128,13 +146,41 @@ def tpu_tile_bytes(generation: str | None) -> int:
     return vmem // TPU_TILE_DIVISOR
 
 
-def tpu_plan(rows: int, width: int, itemsize: int, generation: str | None = None) -> Plan:
+def tpu_plan(rows: int, width: int, itemsize: int, generation: str | None = None, transposed: bool = False) -> Plan:
+    """``transposed``: plan for the kernels taking x.T (width, rows) (see :class:`Plan`)."""
     tile = tpu_tile_bytes(generation)
-    fwd = _tpu_tiling(rows, width, itemsize, tile)
+    tiling = _tpu_tiling_t if transposed else _tpu_tiling
+    fwd = tiling(rows, width, itemsize, tile)
     if itemsize < 4 or generation not in TPU_BWD_F32_TILE_SCALE:
         return fwd
-    bwd = _tpu_tiling(rows, width, itemsize, int(tile * TPU_BWD_F32_TILE_SCALE[generation]))
+    bwd = tiling(rows, width, itemsize, int(tile * TPU_BWD_F32_TILE_SCALE[generation]))
     return fwd if bwd == fwd else dataclasses.replace(fwd, bwd=bwd)
+
+
+def tpu_transposed_pays(rows: int, width: int, itemsize: int, generation: str | None = None) -> bool:
+    """Whether the transposed kernels beat the row-major ones plus XLA's layout copies, for an operand whose
+    default layout is column-major (see :data:`TPU_T_MIN_ROWS`)."""
+    plan = tpu_plan(rows, width, itemsize, generation, transposed=True)
+    if plan.chunked or plan.backward.chunked:
+        return rows * width * itemsize >= TPU_T_CHUNKED_MIN_BYTES
+    return rows >= TPU_T_MIN_ROWS
+
+
+def _tpu_tiling_t(rows: int, width: int, itemsize: int, tile: int) -> Plan:
+    """Transposed: whole rows (width sublanes) when 128 of them fit ``tile`` bytes as float32, else chunks of
+    the width by 128-row tiles."""
+    sublanes = -(-width // 8) * 8
+    lanes = tile // (sublanes * 4)
+    if lanes >= 128:
+        cols, n_chunks = width, 1  # full-dim block
+        block_rows = min(TPU_T_MAX_BLOCK_ROWS, lanes // 128 * 128)
+    else:
+        cols = tile // (128 * 4 * 2) // 8 * 8  # 128 rows of half a tile (1024 sublanes of a 1 MiB tile)
+        n_chunks, block_rows = -(-width // cols), 128
+    if rows <= block_rows:
+        block_rows = rows  # full-dim block
+    return Plan("tpu", block_rows, cols, n_chunks, None, _tpu_bwd_sub_blocks(rows, block_rows, itemsize),
+                transposed=True)
 
 
 def _tpu_tiling(rows: int, width: int, itemsize: int, tile: int) -> Plan:
@@ -161,7 +207,11 @@ def _tpu_bwd_sub_blocks(rows: int, block_rows: int, itemsize: int) -> int:
     return -(-row_tiles // max(1, min(TPU_BWD_PARALLEL, cap, row_tiles)))
 
 
-def make_plan(rows: int, width: int, dtype, flavor: str, generation: str | None = None) -> Plan:
-    """``generation``: the TPU chip ("v5e", "v6e", "v5p"; None: unknown) for the "tpu" flavour."""
+def make_plan(rows: int, width: int, dtype, flavor: str, generation: str | None = None,
+              transposed: bool = False) -> Plan:
+    """``generation``: the TPU chip ("v5e", "v6e", "v5p"; None: unknown) for the "tpu" flavour; ``transposed``:
+    a plan for the kernels taking x.T (TPU only)."""
     itemsize = np.dtype(dtype).itemsize
-    return gpu_plan(rows, width, itemsize) if flavor == "gpu" else tpu_plan(rows, width, itemsize, generation)
+    if flavor == "gpu":
+        return gpu_plan(rows, width, itemsize)
+    return tpu_plan(rows, width, itemsize, generation, transposed)

@@ -10,6 +10,8 @@ them; TPU: a ("parallel", "arbitrary") grid, the partial a resident output block
 dimension -- and a fixed-order sum over the partials finishes them (no atomics: same bits every run).
 Chunked path: a first kernel writes per-chunk partial c1/c2 sums, XLA adds them, the dx kernel reads them; c comes
 from XLA as a (rows, 1) input there (a chunk past the first does not hold column 0), from the tile otherwise.
+Transposed plans (TPU) run the same kernels on dy.T, h.T (see _norm_fwd); their dscale/dbias partials are turned
+into lane vectors in the kernel, so they cost what they cost row-major.
 """
 from __future__ import annotations
 
@@ -66,7 +68,8 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
     check_cols = width % bc != 0
 
     def tile_at(s):
-        return Tile(plan.flavor, rows, width, prog_row0 + s * br, col0, br, bc, check_rows, check_cols)
+        return Tile(plan.flavor, rows, width, prog_row0 + s * br, col0, br, bc, check_rows, check_cols,
+                    plan.transposed)
 
     t0 = tile_at(0)
     scale = t0.load_colvec(scale_ref) if has_scale else None
@@ -81,8 +84,8 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
             c1 = t.load_rowvec(c1_ref, idx)
             c2 = None if rms else t.load_rowvec(c2_ref, idx)
         else:
-            c1 = jnp.sum(g * xhat, axis=1, keepdims=True) / width
-            c2 = None if rms else jnp.sum(g, axis=1, keepdims=True) / width
+            c1 = t.row_sum(g * xhat) / width
+            c2 = None if rms else t.row_sum(g) / width
         dx = g - xhat * c1
         if not rms:
             dx = dx - c2
@@ -92,12 +95,12 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
         t.store(dx_ref, dx, idx)
         ds, db = acc
         if has_scale:
-            ds = ds + jnp.sum(dy * xhat, axis=0, keepdims=True)
+            ds = ds + t.col_sum(dy * xhat)
         if has_bias:
-            db = db + jnp.sum(dy, axis=0, keepdims=True)
+            db = db + t.col_sum(dy)
         return ds, db
 
-    zero = jnp.zeros((1, bc), F32)
+    zero = backend.Orient(plan.transposed).col_zeros(bc)
     if sub == 1:
         ds, db = body(0, (zero, zero))
     else:
@@ -105,6 +108,7 @@ def _bwd_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_scale: 
     for ref, val in ((dscale_ref, ds), (dbias_ref, db)):
         if ref is None:
             continue
+        val = t0.col_lanes(val)
         if tpu and plan.bwd_sub_blocks > 1:  # resident block: first step of the slice starts it, others add
             val = jnp.where(tile < n_tiles, val, 0.0) + jnp.where(k == 0, 0.0, ref[...])
         t0.store_colvec(ref, val)
@@ -122,14 +126,15 @@ def _chunk_c_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has_sca
     c2_ref = None if rms else next(it)
 
     t = Tile(plan.flavor, rows, width, pl.program_id(0) * plan.block_rows, pl.program_id(1) * plan.block_cols,
-             plan.block_rows, plan.block_cols, rows % plan.block_rows != 0, width % plan.block_cols != 0)
+             plan.block_rows, plan.block_cols, rows % plan.block_rows != 0, width % plan.block_cols != 0,
+             plan.transposed)
     xhat, _ = _load_xhat(t, ..., h_ref, mean_ref, rstd_ref, shift_ref, rms)
     g = t.where(t.load(dy_ref))
     if has_scale:
         g = t.where(g * t.load_colvec(scale_ref))
-    t.store_rowvec(c1_ref, jnp.sum(g * xhat, axis=1, keepdims=True))
+    t.store_rowvec(c1_ref, t.row_sum(g * xhat))
     if not rms:
-        t.store_rowvec(c2_ref, jnp.sum(g, axis=1, keepdims=True))
+        t.store_rowvec(c2_ref, t.row_sum(g))
 
 
 def _tpu_grid(n_tiles: int, sub: int):
@@ -154,7 +159,8 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
     row_vals.append(rstd)
     if chunked and not rms:  # the layer-norm shift c = h[:, 0], one value per row for all its chunks
         row_vals.append(h[:, 0])
-    params = [scale.astype(F32).reshape(1, width)] if has_scale else []
+    o = backend.Orient(plan.transposed)  # transposed: dy.T, h.T (, dh_extra.T) in, dx.T out
+    params = [o.param(scale, width)] if has_scale else []
 
     c_in = []
     if chunked:  # pass 1: c1/c2 partial sums per chunk
@@ -165,13 +171,13 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
         parts = backend.pallas_call(
             functools.partial(_chunk_c_kernel, plan=plan, rows=rows, width=width, rms=rms, has_scale=has_scale),
             grid=grid1,
-            in_specs=[pl.BlockSpec((br, bc), lambda i, j: (i, j))] * 2
+            in_specs=[o.tile(br, bc, lambda i, j: (i, j))] * 2
             + [vals1.spec(lambda i, j: i)] * len(row_vals)
-            + [pl.BlockSpec((1, bc), lambda i, j: (0, j))] * len(params),
+            + [o.param_spec(bc, lambda i, j: j)] * len(params),
             out_specs=[parts1.spec(lambda i, j: i, lambda i, j: (j,))] * n_c,
             out_shape=[parts1.struct()] * n_c,
             name="rn_norm_bwd_sums", flops=8 * rows * width, **backend.call_kwargs(platform, plan.num_warps, 2),
-        )(dy, h, *[vals1.pack(v) for v in row_vals], *params)
+        )(o.arr(dy), o.arr(h), *[vals1.pack(v) for v in row_vals], *params)
         c_in = [jnp.sum(parts1.unpack(p), axis=0) / width for p in parts]  # fixed-order sums over chunks
 
     if tpu:
@@ -181,16 +187,16 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
         if chunked:
             grid = (n_prog, plan.n_chunks, sub)
             dims = ("parallel", "parallel", "arbitrary")
-            tile = pl.BlockSpec((br, bc), lambda p, j, k: (tile_of(p, k), j))
+            tile = o.tile(br, bc, lambda p, j, k: (tile_of(p, k), j))
             stat = vals.spec(lambda p, j, k: tile_of(p, k))
-            param = pl.BlockSpec((1, bc), lambda p, j, k: (0, j))
+            param = o.param_spec(bc, lambda p, j, k: j)
             part = pl.BlockSpec((SQUEEZED, 1, bc), lambda p, j, k: (p, 0, j))
         else:
             grid = (n_prog, sub)
             dims = ("parallel", "arbitrary")
-            tile = pl.BlockSpec((br, bc), lambda p, k: (tile_of(p, k), 0))
+            tile = o.tile(br, bc, lambda p, k: (tile_of(p, k), 0))
             stat = vals.spec(lambda p, k: tile_of(p, k))
-            param = pl.BlockSpec((1, bc), lambda p, k: (0, 0))
+            param = o.param_spec(bc, lambda p, k: 0)
             part = pl.BlockSpec((SQUEEZED, 1, bc), lambda p, k: (p, 0, 0))
     else:
         rows_per_prog = br * sub
@@ -218,13 +224,14 @@ def norm_bwd_impl(dy, h, mean, rstd, scale, dh_extra, *, rms: bool, has_bias: bo
         in_specs=[tile] * 2 + [stat] * len(row_vals) + [param] * len(params) + [tile] * has_extra
         + [stat] * len(c_in),
         out_specs=[tile] + [part] * n_parts,
-        out_shape=[jax.ShapeDtypeStruct((rows, width), dx_dtype)]
+        out_shape=[jax.ShapeDtypeStruct(o.shape(rows, width), dx_dtype)]
         + [jax.ShapeDtypeStruct((n_prog, 1, width), F32)] * n_parts,
         name="rn_norm_bwd", flops=(12 + has_extra) * rows * width,
         **backend.call_kwargs(platform, plan.num_warps, dims),
-    )(dy, h, *[vals.pack(v) for v in row_vals], *params, *([dh_extra] if has_extra else []),
+    )(o.arr(dy), o.arr(h), *[vals.pack(v) for v in row_vals], *params, *([o.arr(dh_extra)] if has_extra else []),
       *[vals.pack(v) for v in c_in])
     dx, *parts = outs
+    dx = o.arr(dx)
     # Small fixed-order reduction of the per-program partials.
     finished = [jnp.sum(p, axis=0).reshape(width) for p in parts]
     dscale = finished.pop(0) if has_scale else None

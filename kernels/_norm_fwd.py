@@ -15,6 +15,9 @@ block): c (one per row) is computed in XLA (every chunk of a row must use the sa
 add) and passed in; a statistics kernel writes per-chunk (mean_c, M2_c) of s -- each chunk two-pass on chip -- (and
 h for the fused add); a tiny XLA step combines them exactly (Chan et al.: M2 = sum M2_c + sum n_c (mean_c - mean)^2);
 an apply kernel writes y.
+
+Transposed plans (TPU, ``plan.transposed``: XLA's default layout of x is column-major) run the same kernels on x.T:
+tiles (block_cols, block_rows), a row down the sublanes; ``Tile`` reduces over the right axis (see _backend.Orient).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def _tile(plan: Plan, rows: int, width: int, chunked: bool) -> Tile:
     row0 = pl.program_id(0) * plan.block_rows
     col0 = pl.program_id(1) * plan.block_cols if chunked else 0
     return Tile(plan.flavor, rows, width, row0, col0, plan.block_rows, plan.block_cols,
-                rows % plan.block_rows != 0, width % plan.block_cols != 0)
+                rows % plan.block_rows != 0, width % plan.block_cols != 0, plan.transposed)
 
 
 def _load_h(t: Tile, x_ref, res_ref, h_ref):
@@ -60,10 +63,10 @@ def _shift(t: Tile, h, c_ref, rms: bool):
 def _row_stats(t: Tile, s, width: int, rms: bool):
     """(mean, var) of each row of s, (block_rows, 1) float32, two-pass over the masked tile."""
     if rms:
-        return None, jnp.sum(t.where(s * s), axis=1, keepdims=True) / width
-    mean = jnp.sum(t.where(s), axis=1, keepdims=True) / width
+        return None, t.row_sum(t.where(s * s)) / width
+    mean = t.row_sum(t.where(s)) / width
     d = t.where(s - mean)
-    return mean, jnp.sum(d * d, axis=1, keepdims=True) / width
+    return mean, t.row_sum(d * d) / width
 
 
 def _fwd_kernel(*refs, plan: Plan, rows: int, width: int, eps: float, rms: bool, has_res: bool,
@@ -113,24 +116,25 @@ def _chunk_stats_kernel(*refs, plan: Plan, rows: int, width: int, rms: bool, has
     t = _tile(plan, rows, width, True)
     s = _shift(t, _load_h(t, x_ref, res_ref, h_ref), c_ref, rms)
     if rms:
-        t.store_rowvec(m2_ref, jnp.sum(t.where(s * s), axis=1, keepdims=True))
+        t.store_rowvec(m2_ref, t.row_sum(t.where(s * s)))
         return
     n = jnp.minimum(width - pl.program_id(1) * plan.block_cols, plan.block_cols).astype(F32)
-    mean = jnp.sum(t.where(s), axis=1, keepdims=True) / n
+    mean = t.row_sum(t.where(s)) / n
     d = t.where(s - mean)
     t.store_rowvec(mean_ref, mean)
-    t.store_rowvec(m2_ref, jnp.sum(d * d, axis=1, keepdims=True))
+    t.store_rowvec(m2_ref, t.row_sum(d * d))
 
 
 def _specs(plan: Plan, rows: int, chunked: bool):
-    """BlockSpecs for a (rows, W) tile and a (1, W) parameter row; the per-row values and chunk partials."""
-    br, bc = plan.block_rows, plan.block_cols
+    """BlockSpecs for a (rows, W) tile and a (1, W) parameter row (both swapped when transposed); the per-row
+    values and chunk partials."""
+    br, bc, o = plan.block_rows, plan.block_cols, backend.Orient(plan.transposed)
     stat = RowValues(plan.flavor, rows, br)
     if chunked:
         part = RowValues(plan.flavor, rows, br, lead=(plan.n_chunks,))
-        return (pl.BlockSpec((br, bc), lambda i, j: (i, j)), pl.BlockSpec((1, bc), lambda i, j: (0, j)),
+        return (o.tile(br, bc, lambda i, j: (i, j)), o.param_spec(bc, lambda i, j: j),
                 stat, stat.spec(lambda i, j: i), part, part.spec(lambda i, j: i, lambda i, j: (j,)))
-    return (pl.BlockSpec((br, bc), lambda i: (i, 0)), pl.BlockSpec((1, bc), lambda i: (0, 0)),
+    return (o.tile(br, bc, lambda i: (i, 0)), o.param_spec(bc, lambda i: 0),
             stat, stat.spec(lambda i: i), None, None)
 
 
@@ -143,7 +147,9 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
     grid = (pl.cdiv(rows, plan.block_rows),) + ((plan.n_chunks,) if chunked else ())
     kw = backend.call_kwargs(platform, plan.num_warps, len(grid))
     tile, param, stats, stat, parts, part = _specs(plan, rows, chunked)
-    params = [p.astype(F32).reshape(1, width) for p in (scale, bias) if p is not None]
+    o = backend.Orient(plan.transposed)  # transposed: x.T in, y.T / h.T out (bitcasts of column-major arrays)
+    big = o.shape(rows, width)
+    params = [o.param(p, width) for p in (scale, bias) if p is not None]
     h_dtype = jnp.dtype(residual_dtype if residual_dtype is not None else x.dtype)
 
     h = None
@@ -155,11 +161,12 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
             grid=grid,
             in_specs=[tile] * (1 + has_res) + [stat] * len(c),
             out_specs=[tile] * has_res + [part] * n_stats,
-            out_shape=[jax.ShapeDtypeStruct((rows, width), h_dtype)] * has_res + [parts.struct()] * n_stats,
+            out_shape=[jax.ShapeDtypeStruct(big, h_dtype)] * has_res + [parts.struct()] * n_stats,
             name="rn_norm_fwd_stats", flops=(6 + has_res) * n, **kw,
-        )(x, *([residual] if has_res else []), *[stats.pack(v) for v in c])
+        )(o.arr(x), *([o.arr(residual)] if has_res else []), *[stats.pack(v) for v in c])
         if has_res:
             h, *outs = outs
+            h = o.arr(h)
         mean, rstd = _combine_chunk_stats([parts.unpack(o) for o in outs], width, plan, epsilon, rms)
         if has_res and not rms:  # re-anchor on h[:, 0] as written, the shift the backward recomputes from h
             c_h = h[:, 0].astype(F32)
@@ -171,15 +178,15 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
             grid=grid,
             in_specs=[tile] + [param] * len(params) + [stat] * len(stats_in),
             out_specs=tile,
-            out_shape=jax.ShapeDtypeStruct((rows, width), out_dtype),
+            out_shape=jax.ShapeDtypeStruct(big, out_dtype),
             name="rn_norm_fwd_apply", flops=4 * n, **kw,
-        )(h if has_res else x, *params, *stats_in)
-        return y, h, (jnp.zeros((rows,), F32) if rms else mean), rstd
+        )(o.arr(h if has_res else x), *params, *stats_in)
+        return o.arr(y), h, (jnp.zeros((rows,), F32) if rms else mean), rstd
 
-    out_shape = [jax.ShapeDtypeStruct((rows, width), out_dtype)]
+    out_shape = [jax.ShapeDtypeStruct(big, out_dtype)]
     out_specs = [tile]
     if has_res:
-        out_shape.append(jax.ShapeDtypeStruct((rows, width), h_dtype))
+        out_shape.append(jax.ShapeDtypeStruct(big, h_dtype))
         out_specs.append(tile)
     n_stats = 1 if rms else 2
     out_shape += [stats.struct()] * n_stats
@@ -192,10 +199,12 @@ def norm_fwd_impl(x, residual, scale, bias, *, epsilon: float, rms: bool, out_dt
         out_specs=out_specs,
         out_shape=out_shape,
         name="rn_norm_fwd", flops=(10 + has_res) * n, transcendentals=rows, **kw,
-    )(x, *([residual] if has_res else []), *params)
+    )(o.arr(x), *([o.arr(residual)] if has_res else []), *params)
     y, *outs = outs
+    y = o.arr(y)
     if has_res:
         h, *outs = outs
+        h = o.arr(h)
     mean = jnp.zeros((rows,), F32) if rms else stats.unpack(outs[0])
     return y, h, mean, stats.unpack(outs[-1])
 

@@ -178,9 +178,9 @@ _NOT_COPIES = ("custom-call", "parameter", "bitcast", "get-tuple-element", "tupl
 
 
 def layout_copies(hlo_text: str, big: int) -> list[str]:
-    """Instructions of the entry computation, other than the kernels, that write an array of >= ``big`` elements
-    (``rows * width``): transposes and layout copies of the (rows, width) arrays, e.g. at the jit boundary where
-    XLA's default TPU layout is column-major. Each as "opcode dtype[shape]{layout}"."""
+    """Instructions of the entry computation, other than the kernels, that write a 2-D (or higher) array of
+    >= ``big`` elements (``rows * width``): transposes and layout copies of the (rows, width) arrays, e.g. at the
+    jit boundary where XLA's default TPU layout is column-major. Each as "opcode dtype[shape]{layout}"."""
     out, entry = [], False
     for line in hlo_text.splitlines():
         if line.startswith("ENTRY "):
@@ -191,9 +191,10 @@ def layout_copies(hlo_text: str, big: int) -> list[str]:
         m = _INSTR_RE.match(line) if entry else None
         if not m or m.group(4) in _NOT_COPIES:
             continue
+        dims = [int(d) for d in filter(None, m.group(2).split(","))]
         n = 1
-        for d in filter(None, m.group(2).split(",")):
-            n *= int(d)
-        if n >= big:
+        for d in dims:
+            n *= d
+        if n >= big and len(dims) >= 2:  # 2-D: at width 1 a (rows,) vector (RMS's zero mean) is as large
             out.append(f"{m.group(4)} {m.group(1)}[{m.group(2)}]{{{m.group(3).split(':')[0]}}}")
     return out

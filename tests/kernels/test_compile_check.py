@@ -91,6 +91,66 @@ def test_tpu_largest_tiles_within_vmem(target, width):
     assert any(r["vmem_pct"] > 50 for r in records)  # the tiles do use the generation's budget
 
 
+_COLUMN_MAJOR = """
+import json, sys
+import jax, jax.numpy as jnp
+import rnlib.kernels as K
+from benchmarks._compile_check import cases, tpu
+target = sys.argv[1]
+dev = tpu.device(target)
+out = {"layout": {}, "records": [], "inner": {}}
+with jax.default_device(dev):  # XLA's default layouts for the target, as the kernels ask for them
+    for shape in ((4096, 1000), (1024, 1000), (4096, 7), (4097, 1000), (4096, 761), (4096, 1024)):
+        out["layout"][str(shape)] = K.plan_for(*shape, "float32", "tpu").transposed
+for w in (1, 7, 1000):
+    for k in cases.KERNELS:
+        out["records"] += tpu.check_case(cases.Case(k, 4096, w, "float32"), target, compare_xla=False)
+
+def inner(x, w1, s, b, w2, g):  # the norm between two matmuls, forward and backward
+    h = x @ w1
+    y, _, mean, rstd = K.norm_fwd(h, None, s, b, epsilon=1e-6, rms=False, out_dtype=h.dtype, residual_dtype=None,
+                                  platform="tpu")
+    dx, ds, db = K.norm_bwd(g @ w2.T, h, mean, rstd, s, None, rms=False, has_bias=True, dx_dtype=h.dtype,
+                            platform="tpu")
+    return y @ w2, dx @ w1.T, ds, db
+
+sh = jax.sharding.SingleDeviceSharding(dev)
+a = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sh)
+for label in ("auto", "row_major"):
+    if label == "row_major":
+        K.tpu_column_major = lambda *_: False
+        jax.clear_caches()  # else jit reuses the first trace
+    with jax.default_device(dev):
+        text = jax.jit(inner).lower(a(4096, 1000), a(1000, 1000), a(1000), a(1000), a(1000, 1000),
+                                    a(4096, 1000)).compile().as_text()
+    out["inner"][label] = ([c for c in tpu.layout_copies(text, 4096 * 1000) if not c.startswith("fusion")],
+                           text.count("f32[1000,4096]{1,0}") > 0)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(tpu.tools_missing() is not None,
+                    reason=f"needs the aot extra (pip install -e '.[aot]'): {tpu.tools_missing()}")
+def test_tpu_column_major_layouts_without_copies():
+    """Where XLA's default TPU layout is column-major (it pads less: float32 4096 x 1000, x 7), the kernels take
+    x.T and no layout copy surrounds them; the row-major shapes keep the row-major kernels; and a norm between two
+    matmuls inside one jit gains no copy from the choice (XLA lays the matmul results out for either)."""
+    env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    p = subprocess.run([sys.executable, "-c", _COLUMN_MAJOR, "tpu_v5e"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["layout"] == {"(4096, 1000)": True, "(1024, 1000)": True, "(4096, 7)": True, "(4097, 1000)": False,
+                             "(4096, 761)": False, "(4096, 1024)": False}
+    assert {r["pass"] for r in out["records"]} == {"fwd", "bwd"}
+    for r in out["records"]:
+        assert r["status"] == "ok" and r["layout_copies"] == 0, r
+        assert r["op_bytes_accessed"] <= 1.6 * r["ideal_bytes"], r  # was 3-106x with the copies
+    (auto, auto_t), (row_major, row_major_t) = out["inner"]["auto"], out["inner"]["row_major"]
+    assert auto_t and not row_major_t  # the transposed kernels ran in the first, not in the second
+    assert len(auto) <= len(row_major), out["inner"]
+
+
 def test_missing_tools_exit_2_and_name_the_extra(monkeypatch, capsys):
     monkeypatch.setattr(sm90, "tools_missing", lambda: "the `triton` package (test)")
     assert compile_check.main(["--target", "sm_90", "--quick"]) == 2

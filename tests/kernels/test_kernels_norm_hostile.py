@@ -27,6 +27,17 @@ def test_hostile_inputs(kind, dtype, rms, width):
     check(inp, rms=rms, platform=GPU_PLATFORM)
 
 
+@pytest.mark.parametrize("kind,dtype,rms,width", [
+    ("constant", np.float32, False, 1153),
+    ("zero", jnp.bfloat16, True, 1000),
+    ("offset", jnp.bfloat16, False, 761),
+])
+def test_hostile_inputs_transposed(kind, dtype, rms, width):
+    """The transposed TPU kernels (rows along the lanes, for XLA's column-major layouts) on the same inputs."""
+    inp = make_inputs(37, width, dtype, kind=kind, residual=kind == "zero", seed=3)
+    check(inp, rms=rms, platform="tpu_interpret", plan=Plan("tpu", 37, width, 1, None, 1, transposed=True))
+
+
 # Whole-row and chunked (forced small chunks: the real chunked plans start at widths interpret mode crawls through),
 # on both kernel flavours.
 OFFSET_PATHS = [
@@ -34,6 +45,8 @@ OFFSET_PATHS = [
     pytest.param(GPU_PLATFORM, Plan("gpu", 4, 128, 10, 4, 2), 1153, id="gpu-chunked"),
     pytest.param("tpu_interpret", None, 761, id="tpu-row"),
     pytest.param("tpu_interpret", Plan("tpu", 8, 256, 5, None, 1), 1153, id="tpu-chunked"),
+    pytest.param("tpu_interpret", Plan("tpu", 37, 761, 1, None, 1, transposed=True), 761, id="tpu-t-row"),
+    pytest.param("tpu_interpret", Plan("tpu", 37, 256, 5, None, 1, transposed=True), 1153, id="tpu-t-chunked"),
 ]
 
 
@@ -61,7 +74,8 @@ def test_offset_rows_statistics_in_float32():
 
 
 @pytest.mark.parametrize("platform,plan", [(GPU_PLATFORM, None), (GPU_PLATFORM, Plan("gpu", 4, 128, 10, 4, 2)),
-                                           ("tpu_interpret", None)])
+                                           ("tpu_interpret", None),
+                                           ("tpu_interpret", Plan("tpu", 37, 256, 5, None, 1, transposed=True))])
 def test_nan_propagates_to_its_row_only(platform, plan):
     inp = make_inputs(37, 1153, np.float32, residual=True, seed=11)
     inp["x"][3, 500] = np.nan

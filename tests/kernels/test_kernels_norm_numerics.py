@@ -83,6 +83,14 @@ FORCED = [  # (platform, plan, case): small blocks so edge tiles, chunking and s
     ("tpu_interpret", Plan("tpu", 128, 256, 1, None, 2), (300, 256, BF16, False, True, True, True)),
     # chunked: 2 tiles in one slice of 4 steps, statistics partials per chunk
     ("tpu_interpret", Plan("tpu", 8, 128, 8, None, 4), (13, 1000, F32, False, True, True, True)),
+    # transposed (the kernels take x.T, rows along the lanes: XLA's column-major layouts): 128-row tiles with an
+    # edge tile, in slices of 2; one full-dim tile; chunks of 256 (with a partial last one) of 128-row tiles
+    ("tpu_interpret", Plan("tpu", 128, 1000, 1, None, 2, transposed=True), (300, 1000, F32, False, True, True, True)),
+    ("tpu_interpret", Plan("tpu", 128, 1000, 1, None, 3, transposed=True), (300, 1000, BF16, True, False, True, False)),
+    ("tpu_interpret", Plan("tpu", 37, 7, 1, None, 1, transposed=True), (37, 7, F16, False, False, True, True)),
+    ("tpu_interpret", Plan("tpu", 37, 7, 1, None, 1, transposed=True), (37, 7, BF16, True, True, False, False)),
+    ("tpu_interpret", Plan("tpu", 128, 256, 4, None, 2, transposed=True), (300, 1000, F32, False, True, True, True)),
+    ("tpu_interpret", Plan("tpu", 128, 256, 4, None, 1, transposed=True), (200, 1000, BF16, True, True, True, False)),
 ]
 
 
@@ -93,6 +101,21 @@ def test_forced_plans(platform, plan, case):
     assert plan.backward.n_chunks == -(-width // plan.backward.block_cols)
     inp = make_inputs(rows, width, dtype, residual=res, scale=s, bias=b, seed=7)
     check(inp, rms=rms, platform=platform, plan=plan)
+
+
+def test_transposed_plans():
+    """Transposed TPU plans (rows along the lanes): row tiles a multiple of 128 or all rows, widths whole or in
+    chunks of a multiple of 8; never on the GPU flavour, nor by default off a TPU."""
+    for rows, width in itertools.product((7, 300, 4096, 4097), (1, 7, 1000, 2040, 40000, 262147)):
+        for gen in ("v5e", "v6e", "v5p"):
+            p = plan_for(rows, width, F32, "tpu", generation=gen, transposed=True)
+            for q in (p, p.backward):
+                assert q.transposed
+                assert q.block_rows == rows or q.block_rows % 128 == 0, (rows, width, gen, q)
+                assert q.block_cols == width or q.block_cols % 8 == 0, (rows, width, gen, q)
+                assert q.n_chunks == -(-width // q.block_cols)
+    assert not plan_for(4096, 1000, F32, "tpu").transposed  # CPU host: XLA's CPU layouts are row-major
+    assert not plan_for(4096, 1000, F32, "gpu", transposed=True).transposed
 
 
 def test_default_plans_cover_all_paths():

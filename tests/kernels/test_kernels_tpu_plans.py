@@ -58,17 +58,30 @@ def test_statistics_lane_dense_in_hbm(rows, width, dtype, rms, residual):
 @pytest.mark.parametrize("width", [1, 128, 761, 1000, 4096, 16384, 40000, 65536, 262144, 262147])
 @pytest.mark.parametrize("rows", [64, 4096, 4097])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_backward_partials_bounded(rows, width, dtype):
-    """dscale + dbias partials (written and read: 16 bytes a column each) <= 10 % of the backward's 3 |x|, with
-    two slices (v5p's two cores) wherever the bound allows."""
+@pytest.mark.parametrize("transposed", [False, True])
+def test_backward_partials_bounded(rows, width, dtype, transposed):
+    """dscale + dbias partials (written and read: 16 bytes a column each; lane-dense on transposed plans too)
+    <= 10 % of the backward's 3 |x|, with two slices (v5p's two cores) wherever the bound allows."""
     item = jnp.dtype(dtype).itemsize
     for gen in H.TPU_SCOPED_VMEM:
-        plan = K.plan_for(rows, width, dtype, "tpu", generation=gen).backward
+        plan = K.plan_for(rows, width, dtype, "tpu", generation=gen, transposed=transposed).backward
         n_tiles = -(-rows // plan.block_rows)
         n_part = -(-n_tiles // plan.bwd_sub_blocks)
         assert 16 * n_part * width <= H.BWD_PARTIAL_FRACTION * 3 * rows * width * item
         if rows >= 4096:
             assert n_part == min(2, n_tiles)
+
+
+def test_transposed_only_where_it_pays():
+    """Column-major operands take the transposed kernels where the compile check measured them cheaper than the
+    row-major kernels plus XLA's layout copies: the sweep's widths at 4096 rows, not 128-512 rows, and multi-pass
+    (chunked) transposed plans only for arrays too large for VMEM."""
+    for gen in H.TPU_SCOPED_VMEM:
+        for width, item in ((1, 4), (7, 2), (1000, 4), (1000, 2), (40000, 4), (40000, 2), (262147, 4)):
+            assert H.tpu_transposed_pays(4096, width, item, gen), (gen, width, item)
+        assert not H.tpu_transposed_pays(512, 1000, 2, gen)
+        assert not H.tpu_transposed_pays(4096, 3000 if gen != "v6e" else 6000, 4, gen)  # chunked, 48-96 MB
+        assert H.tpu_transposed_pays(4096, 20000, 4, gen)  # chunked, 328 MB
 
 
 def test_tiles_follow_the_generation():
